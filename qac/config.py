@@ -1,0 +1,87 @@
+"""Completion configuration: the one place defaults live; saved into every artifact."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+def _check(cond: bool, name: str, msg: str) -> None:
+    if not cond:
+        raise ValueError(f"{name}: {msg}")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Query-time parameters of the completion path.
+
+    Attributes
+    ----------
+    beam_size : int
+        Beam width per tree level of the XR-Linear beam search.
+    n_model_candidates : int
+        Labels taken from the beam search before merging (>= the requested k).
+    post_processor : str
+        ``"l3-hinge"`` or ``"sigmoid"``.
+    prefix_constrained : bool
+        Restrict the beam to tree nodes holding a label that starts with the prefix.
+    """
+
+    beam_size: int = 10
+    n_model_candidates: int = 20
+    post_processor: str = "l3-hinge"
+    prefix_constrained: bool = True
+
+    def __post_init__(self) -> None:
+        _check(1 <= self.beam_size <= 1000, "beam_size", f"must be in 1..1000, got {self.beam_size}")
+        _check(1 <= self.n_model_candidates <= 1000, "n_model_candidates", "must be in 1..1000")
+        _check(self.post_processor in ("l3-hinge", "sigmoid"), "post_processor", f"unknown {self.post_processor!r}")
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Offline build parameters of the completion index.
+
+    Attributes
+    ----------
+    session_gap_seconds : int
+        Inactivity gap that ends a session (qp2q: 1800 s).
+    seed : int
+        Seed for prefix sampling, clustering and the coordinate-descent order.
+    tree_kind, trie_depth, max_leaf_size : str, int, int
+        Label tree (``"hybrid"``: trie to ``trie_depth`` then balanced 2-means, leaves of at most
+        ``max_leaf_size`` labels).
+    C, max_iter, eps, threshold, bias : float, int, float, float, float
+        XR-Linear per-node L2-regularised squared-hinge classifiers (PECOS defaults).
+    n_threads : int
+        Build threads.
+    """
+
+    session_gap_seconds: int = 1800
+    seed: int = 0
+    tree_kind: str = "hybrid"
+    trie_depth: int = 3
+    max_leaf_size: int = 100
+    C: float = 1.0
+    max_iter: int = 20
+    eps: float = 0.1
+    threshold: float = 0.1
+    bias: float = 1.0
+    n_threads: int = 2
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def __post_init__(self) -> None:
+        _check(self.session_gap_seconds > 0, "session_gap_seconds", "must be > 0")
+        _check(self.tree_kind in ("hybrid", "trie", "kmeans"), "tree_kind", f"unknown {self.tree_kind!r}")
+        _check(self.trie_depth >= 0, "trie_depth", "must be >= 0")
+        _check(self.max_leaf_size >= 2, "max_leaf_size", "must be >= 2")
+        _check(self.C > 0, "C", "must be > 0")
+        _check(self.max_iter >= 1, "max_iter", "must be >= 1")
+        _check(self.n_threads >= 1, "n_threads", "must be >= 1")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BuildConfig":
+        d = dict(d)
+        inf = InferenceConfig(**d.pop("inference", {}))
+        return cls(inference=inf, **d)

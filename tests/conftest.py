@@ -1,0 +1,28 @@
+"""Shared fixtures: where the real data lives (``../shared/data`` beside the checkout)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path:
+    """Return the real-data directory (``$QAC_SHARED_DATA`` or ``../shared/data``)."""
+    env = os.environ.get("QAC_SHARED_DATA")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    path = shared_data_dir()
+    if not path.is_dir():
+        pytest.fail(f"real data not found at {path} (set QAC_SHARED_DATA)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def aol_log(shared_data: Path) -> Path:
+    return shared_data / "aol" / "aol_top1000_users.before_2006-05-25.tsv.gz"
