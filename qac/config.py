@@ -46,6 +46,9 @@ class BuildConfig:
         Inactivity gap that ends a session (qp2q: 1800 s).
     seed : int
         Seed for prefix sampling, clustering and the coordinate-descent order.
+    n_prefixes_per_pair : int
+        Training points drawn per (previous, next) pair, each with its own uniform prefix
+        (qp2q: 1; seeds ``seed, seed + 1, ...``).
     tree_kind, trie_depth, max_leaf_size : str, int, int
         Label tree (``"hybrid"``: trie to ``trie_depth`` then balanced 2-means, leaves of at most
         ``max_leaf_size`` labels).
@@ -57,6 +60,7 @@ class BuildConfig:
 
     session_gap_seconds: int = 1800
     seed: int = 0
+    n_prefixes_per_pair: int = 1
     tree_kind: str = "hybrid"
     trie_depth: int = 3
     max_leaf_size: int = 100
@@ -70,6 +74,7 @@ class BuildConfig:
 
     def __post_init__(self) -> None:
         _check(self.session_gap_seconds > 0, "session_gap_seconds", "must be > 0")
+        _check(1 <= self.n_prefixes_per_pair <= 64, "n_prefixes_per_pair", "must be in 1..64")
         _check(self.tree_kind in ("hybrid", "trie", "kmeans"), "tree_kind", f"unknown {self.tree_kind!r}")
         _check(self.trie_depth >= 0, "trie_depth", "must be >= 0")
         _check(self.max_leaf_size >= 2, "max_leaf_size", "must be >= 2")

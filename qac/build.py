@@ -1,0 +1,172 @@
+"""Offline build of the completion index: log -> sessions -> features -> label tree -> XR-Linear.
+
+Writes one artifact directory (kind ``"completion"``) holding every component the serving side needs:
+the featurizer, the label strings, the label tree, the per-level ranker weights and the
+most-popular-completion trie. Serving code never imports this module.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from qac.artifacts import save_artifact, strings_to_arrays
+from qac.config import BuildConfig
+from qac.features import CharTfidf, SessionFeaturizer, WordTfidf
+from qac.logs import CompletionPoint, SessionConfig, make_points, read_aol_log, split_sessions
+from qac.mpc import MostPopularCompletion
+from qac.xmr.model import TrainConfig, XLinearModel
+from qac.xmr.tree import TreeConfig, build_label_tree
+
+ARTIFACT_KIND = "completion"
+
+
+@dataclass
+class BuildReport:
+    """What a build did: counts, per-stage seconds and artifact size (bytes)."""
+
+    counts: dict = field(default_factory=dict)
+    seconds: dict = field(default_factory=dict)
+    artifact_bytes: int = 0
+
+    def format(self) -> str:
+        lines = ["build summary:"]
+        for k, v in self.counts.items():
+            lines.append(f"  {k:<22} {v:>12,}" if isinstance(v, int) else f"  {k:<22} {v}")
+        for k, v in self.seconds.items():
+            lines.append(f"  time {k:<17} {v:>10.2f} s")
+        lines.append(f"  {'artifact size':<22} {self.artifact_bytes / 1e6:>10.1f} MB")
+        return "\n".join(lines)
+
+
+class _Stages:
+    """Progress display: one line per stage with its wall time, to ``stream``."""
+
+    def __init__(self, report: BuildReport, stream=sys.stderr, enabled: bool = True):
+        self.report, self.stream, self.enabled = report, stream, enabled
+        self.t0 = time.perf_counter()
+
+    def run(self, name: str, fn: Callable):
+        if self.enabled:
+            print(f"[{time.perf_counter() - self.t0:6.1f}s] {name} ...", file=self.stream, flush=True)
+        t = time.perf_counter()
+        out = fn()
+        self.report.seconds[name] = time.perf_counter() - t
+        return out
+
+
+def label_set(points: Sequence[CompletionPoint]) -> tuple[list[str], np.ndarray]:
+    """Sorted distinct next queries (the labels) and each point's label id (int32)."""
+    labels = sorted({p.next_query for p in points})
+    index = {q: i for i, q in enumerate(labels)}
+    y = np.fromiter((index[p.next_query] for p in points), dtype=np.int32, count=len(points))
+    return labels, y
+
+
+def build_completion(
+    log_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: BuildConfig | None = None,
+    *,
+    since=None,
+    until=None,
+    progress: bool = True,
+) -> BuildReport:
+    """Build every completion artifact from an AOL-format log into ``out_dir`` (atomically).
+
+    Parameters
+    ----------
+    log_path : path
+        AOL-format log (gzip or plain TSV).
+    out_dir : path
+        Artifact directory to create or replace.
+    config : BuildConfig, optional
+    since, until : date or ISO string, optional
+        Only events in ``[since, until)`` are used (for dev splits).
+    progress : bool
+        Print one line per stage to stderr.
+
+    Returns
+    -------
+    BuildReport
+
+    Raises
+    ------
+    ValueError
+        If the log has no usable session pairs.
+    """
+    config = config or BuildConfig()
+    report = BuildReport()
+    st = _Stages(report, enabled=progress)
+    t_start = time.perf_counter()
+
+    log = st.run("read log", lambda: read_aol_log(log_path, since=since, until=until))
+    sessions = st.run("sessions", lambda: split_sessions(log.events, SessionConfig(config.session_gap_seconds)))
+    points = [pt for r in range(config.n_prefixes_per_pair) for pt in make_points(sessions, config.seed + r)]
+    if not points:
+        raise ValueError(f"{log_path}: no (previous query, next query) pairs in the selected period")
+    labels, y = label_set(points)
+    report.counts.update(
+        n_rows=log.n_rows,
+        n_malformed=log.n_malformed,
+        n_empty_queries=log.n_empty_queries,
+        n_events=len(log.events),
+        n_sessions=len(sessions),
+        n_points=len(points),
+        n_labels=len(labels),
+    )
+
+    prev = [p.prev_query for p in points]
+    prefixes = [p.prefix for p in points]
+
+    def fit_features():
+        feat = SessionFeaturizer(WordTfidf(), CharTfidf(ngram_range=(1, 3), position_weighted=True))
+        return feat, feat.fit_transform(prev, prefixes)
+
+    featurizer, X = st.run("features", fit_features)
+    report.counts["n_features"] = int(X.shape[1])
+
+    def fit_tree():
+        emb = CharTfidf(ngram_range=(1, 3), position_weighted=True)
+        tcfg = TreeConfig(kind=config.tree_kind, trie_depth=config.trie_depth,
+                          max_leaf_size=config.max_leaf_size, seed=config.seed)
+        return build_label_tree(labels, emb.fit_transform(labels), tcfg)
+
+    tree = st.run("label tree", fit_tree)
+    report.counts["tree_depth"] = int(tree.depth)
+
+    tcfg = TrainConfig(C=config.C, max_iter=config.max_iter, eps=config.eps, threshold=config.threshold,
+                       bias=config.bias, n_threads=config.n_threads, seed=config.seed)
+    model = st.run("xr-linear", lambda: XLinearModel.train(X, y, tree, tcfg))
+
+    def fit_mpc():
+        counts = Counter(e.query for e in log.events)
+        queries = sorted(counts)
+        return MostPopularCompletion.build(queries, np.array([counts[q] for q in queries], dtype=np.int64))
+
+    mpc = st.run("mpc trie", fit_mpc)
+    report.counts["n_mpc_queries"] = len(mpc)
+
+    def save():
+        flat, ptr = strings_to_arrays(labels)
+        components = {
+            "featurizer": featurizer.to_arrays(),
+            "labels": ({"n_labels": len(labels)}, {"labels_flat": flat, "labels_ptr": ptr}),
+            "model": model.to_arrays(),
+            "mpc": mpc.to_arrays(),
+        }
+        params = {"config": config.to_dict(), "counts": report.counts, "log": str(log_path),
+                  "since": str(since) if since else None, "until": str(until) if until else None,
+                  "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        return save_artifact(out_dir, ARTIFACT_KIND, params, components)
+
+    path = st.run("save", save)
+    report.seconds["total"] = time.perf_counter() - t_start
+    report.artifact_bytes = sum(f.stat().st_size for f in Path(path).iterdir())
+    return report

@@ -1,0 +1,180 @@
+"""The ``qac`` command: build, serve, complete, evaluate, split, demo.
+
+Only this module (the CLI) configures logging. Command names and JSON keys are a contract other
+tools depend on (see README).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+
+def _write_json(path: str, obj: dict) -> None:
+    """Write JSON atomically (temp file + rename) so a crash never leaves half a report."""
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, out)
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from qac.build import build_completion
+    from qac.config import BuildConfig
+
+    overrides = json.loads(args.config) if args.config else {}
+    if args.trie_depth is not None:
+        overrides["trie_depth"] = args.trie_depth
+    config = BuildConfig.from_dict({**BuildConfig().to_dict(), **overrides})
+    report = build_completion(args.log, args.out, config, since=args.since, until=args.until,
+                              progress=not args.quiet)
+    print(report.format())
+    print(f"artifacts written to {args.out}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from serving.server import main_serve
+
+    return main_serve(args) or 0
+
+
+def cmd_complete(args: argparse.Namespace) -> int:
+    from serving.client import main_complete
+
+    return main_complete(args) or 0
+
+
+def cmd_evaluate_completion(args: argparse.Namespace) -> int:
+    from qac.completer import Completer
+    from qac.evaluate import evaluate_completion
+
+    comp = Completer.load(args.artifacts)
+    changes = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
+    if args.no_prefix_constraint:
+        changes["prefix_constrained"] = False
+    if changes:
+        comp = comp.with_inference(**changes)
+    result = evaluate_completion(args.artifacts, args.log, seed=args.seed, since=args.since, until=args.until,
+                                 max_points=args.max_points, completer=comp,
+                                 progress=lambda s: print(s, file=sys.stderr, flush=True))
+    _write_json(args.json, result)
+    mpc = result["baselines"]["mpc"]
+    print(f"n_points={result['n_points']}  MRR@10={result['mrr@10']:.4f} (MPC {mpc['mrr@10']:.4f})  "
+          f"success@10={result['success@10']:.4f} (MPC {mpc['success@10']:.4f})  bleu={result['bleu']:.4f}")
+    for b, r in result["by_prefix_length"].items():
+        print(f"  prefix {b:>4}: MRR@10={r['mrr@10']:.4f} (MPC {mpc['by_prefix_length'][b]['mrr@10']:.4f})  "
+              f"n={r['n_points']}")
+    lat = result["latency_ms"]
+    print(f"  latency: p50={lat['p50']:.3f} ms  p99={lat['p99']:.3f} ms")
+    print(f"report written to {args.json}")
+    return 0
+
+
+def cmd_evaluate_sessions(args: argparse.Namespace) -> int:
+    from qac.sessions_eval import evaluate_splitters, format_table
+
+    result = evaluate_splitters(args.gold)
+    _write_json(args.json, result)
+    print(format_table(result))
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from qac.logs import split_log_file
+
+    split_log_file(args.log, args.train, args.test, args.at)
+    print(f"wrote {args.train} (before {args.at}) and {args.test} (from {args.at})")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from serving.demo import run_demo
+
+    return run_demo(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qac", description="Session-aware query autocompletion service")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    b = sub.add_parser("build", help="build the completion index from an AOL-format log")
+    b.add_argument("--log", required=True, help="AOL-format log (gzip or TSV)")
+    b.add_argument("--out", required=True, help="artifact directory to write (atomically)")
+    b.add_argument("--since", help="use events from this date (YYYY-MM-DD)")
+    b.add_argument("--until", help="use events before this date (YYYY-MM-DD)")
+    b.add_argument("--trie-depth", type=int, help="trie depth of the hybrid label tree")
+    b.add_argument("--config", help="JSON object of BuildConfig overrides")
+    b.add_argument("--quiet", action="store_true", help="no progress lines")
+    b.set_defaults(func=cmd_build)
+
+    s = sub.add_parser("serve", help="serve the gRPC API")
+    s.add_argument("--artifacts", required=True, help="artifact directory from `qac build`")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    s.add_argument("--max-workers", type=int, default=8)
+    s.set_defaults(func=cmd_serve)
+
+    c = sub.add_parser("complete", help="ask a running server for completions")
+    c.add_argument("--target", default="127.0.0.1:50051")
+    c.add_argument("--prefix", required=True)
+    c.add_argument("--previous", action="append", default=[], help="a previous query (repeat, oldest first)")
+    c.add_argument("--k", type=int, default=10)
+    c.add_argument("--session-id", default="")
+    c.add_argument("--user-id", default="")
+    c.set_defaults(func=cmd_complete)
+
+    e = sub.add_parser("evaluate", help="offline evaluation")
+    esub = e.add_subparsers(dest="what", required=True)
+    ec = esub.add_parser("completion", help="replay a test log (DESIGN.md protocol)")
+    ec.add_argument("--artifacts", required=True)
+    ec.add_argument("--log", required=True, help="AOL-format test log")
+    ec.add_argument("--json", required=True, help="output JSON path")
+    ec.add_argument("--seed", type=int, default=0)
+    ec.add_argument("--since")
+    ec.add_argument("--until")
+    ec.add_argument("--max-points", type=int)
+    ec.add_argument("--beam-size", type=int)
+    ec.add_argument("--no-prefix-constraint", action="store_true",
+                    help="PECOS behaviour: unconstrained beam, filter by prefix afterwards")
+    ec.set_defaults(func=cmd_evaluate_completion)
+    es = esub.add_parser("sessions", help="session splitter vs human session boundaries")
+    es.add_argument("--gold", required=True, help="aol_gayo_avello_sessions.csv.gz")
+    es.add_argument("--json", required=True)
+    es.set_defaults(func=cmd_evaluate_sessions)
+
+    sp = sub.add_parser("split", help="split an AOL-format log at a date (dev splits)")
+    sp.add_argument("--log", required=True)
+    sp.add_argument("--at", required=True, help="YYYY-MM-DD: rows before go to --train, the rest to --test")
+    sp.add_argument("--train", required=True)
+    sp.add_argument("--test", required=True)
+    sp.set_defaults(func=cmd_split)
+
+    d = sub.add_parser("demo", help="build from the shared data, serve, answer real requests")
+    d.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    d.add_argument("--workdir", default="runs/demo")
+    d.add_argument("--n-requests", type=int, default=8)
+    d.add_argument("--rebuild", action="store_true")
+    d.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"qac {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
