@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import queue
-import random
 import signal
 import subprocess
 import sys
@@ -13,46 +12,16 @@ from pathlib import Path
 import grpc
 import pytest
 
-# Remove once the completer is stable; the skip must cover nothing but a missing completer.
-pytest.importorskip("qac.completer", reason="qac.completer not importable yet")
-
+from qac.logs import SessionConfig, make_points, read_aol_log, split_sessions  # noqa: E402
 from serving import client  # noqa: E402
 from serving.pb.qac.v1 import internal_raw_pb2, qac_service_pb2, qac_service_pb2_grpc  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
 SOURCES = {"xr_linear", "mpc", "mpc_backoff"}
-
-# (previous query, next query) pairs, each seen by many users, so the model learns them.
-FOLLOW_UPS = [
-    ("weather", "weather boston"),
-    ("weather", "weather forecast"),
-    ("cheap flights", "cheap flights to boston"),
-    ("cheap flights", "cheap hotels"),
-    ("new york times", "new york weather"),
-    ("bank of america", "bank of america online banking"),
-    ("ebay", "ebay motors"),
-    ("google", "google maps"),
-    ("yahoo", "yahoo mail"),
-    ("myspace", "myspace layouts"),
-]
-
-
-def write_synthetic_log(path: Path, n_users: int = 60, seed: int = 0) -> None:
-    """A small AOL-format log: each user has a few two-query sessions drawn from FOLLOW_UPS."""
-    rng = random.Random(seed)
-    lines = ["AnonID\tQuery\tQueryTime\tItemRank\tClickURL"]
-    for user in range(n_users):
-        for day in range(1, 6):
-            prev, nxt = rng.choice(FOLLOW_UPS)
-            hour = rng.randrange(8, 20)
-            lines.append(f"{1000 + user}\t{prev}\t2006-03-{day:02d} {hour:02d}:00:00\t\t")
-            lines.append(f"{1000 + user}\t{nxt}\t2006-03-{day:02d} {hour:02d}:01:30\t1\thttp://www.example.com")
-    # "weather" -> "weather boston" is the dominant follow-up of "weather" (prefix "weather b").
-    for user in range(n_users):
-        lines.append(f"{1000 + user}\tweather\t2006-03-10 09:00:00\t\t")
-        lines.append(f"{1000 + user}\tweather boston\t2006-03-10 09:02:00\t\t")
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+# A slice of the real shared log keeps the build to a few seconds: two weeks to build from, the
+# following day to ask about.
+BUILD_SINCE, BUILD_UNTIL, ASK_UNTIL = "2006-03-01", "2006-03-15", "2006-03-16"
 
 
 class ServerProcess:
@@ -100,15 +69,30 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory) -> Path:
+def artifacts(tmp_path_factory, aol_log) -> Path:
     from qac.build import build_completion
 
-    work = tmp_path_factory.mktemp("e2e")
-    log = work / "log.tsv"
-    write_synthetic_log(log)
-    out = work / "artifacts"
-    build_completion(log, out, progress=False)
+    out = tmp_path_factory.mktemp("e2e") / "artifacts"
+    build_completion(aol_log, out, since=BUILD_SINCE, until=BUILD_UNTIL, progress=False)
     return out
+
+
+@pytest.fixture(scope="module")
+def in_process(artifacts):
+    from qac.completer import Completer
+
+    comp = Completer.load(artifacts)
+    comp.warmup()
+    return comp
+
+
+@pytest.fixture(scope="module")
+def real_points(aol_log):
+    """Real completion points (previous query, prefix, next query) from the day after the build slice."""
+    log = read_aol_log(aol_log, since=BUILD_UNTIL, until=ASK_UNTIL)
+    points = make_points(split_sessions(log.events, SessionConfig()), seed=0)
+    assert len(points) > 200
+    return points[:200]
 
 
 @pytest.fixture(scope="module")
@@ -123,24 +107,36 @@ def test_health_is_serving(server):
     assert client.check_health(server.target, "qac.v1.QueryService") == "SERVING"
 
 
-def test_session_aware_completion(server):
-    results = client.complete(server.target, "weather b", ["cheap flights", "weather"], k=5,
-                              session_id="s1", user_id="u1")
-    texts = [text for text, _, _ in results]
-    assert 1 <= len(results) <= 5
-    assert texts[0] == "weather boston"
-    assert len(set(texts)) == len(texts)
-    assert {source for _, _, source in results} <= SOURCES
+def test_grpc_answers_equal_in_process_answers(server, in_process, real_points):
+    n_model = 0
+    for p in real_points:
+        prev = [p.prev_query] if p.prev_query else []
+        over_grpc = client.complete(server.target, p.prefix, prev, k=10, session_id="e2e", user_id=p.user_id)
+        local = in_process.complete(prev, p.prefix, 10)
+        assert [(t, src) for t, _, src in over_grpc] == [(c.text, c.source) for c in local]
+        assert [s for _, s, _ in over_grpc] == pytest.approx([c.score for c in local], rel=1e-6)
+        assert len({t for t, _, _ in over_grpc}) == len(over_grpc)
+        assert {src for _, _, src in over_grpc} <= SOURCES
+        n_model += any(src == "xr_linear" for _, _, src in over_grpc)
+    # With two weeks of training data the session model has a completion for about half the prefixes.
+    assert n_model > len(real_points) // 4
+
+
+def test_model_completions_start_with_the_prefix(server, real_points):
+    for p in real_points[:50]:
+        for text, _, src in client.complete(server.target, p.prefix, [p.prev_query], k=10):
+            if src in ("xr_linear", "mpc"):
+                assert text.startswith(p.prefix)
 
 
 def test_prefix_only_completion_and_model_version(server):
     with grpc.insecure_channel(server.target) as channel:
         response = qac_service_pb2_grpc.QueryServiceStub(channel).Complete(
-            qac_service_pb2.CompleteRequest(session=qac_service_pb2.Session(), prefix="Cheap ", k=3),
+            qac_service_pb2.CompleteRequest(session=qac_service_pb2.Session(), prefix="Weather ", k=3),
             timeout=10,
         )
     texts = [c.text for c in response.completions]
-    assert texts and all(t.startswith("cheap ") for t in texts)
+    assert len(texts) == 3 and all(t.startswith("weather ") for t in texts)
     assert response.model_version
 
 
@@ -163,22 +159,23 @@ def test_invalid_utf8_over_the_wire(server):
     assert info.value.details() == "session.previous_queries[0]: not valid UTF-8"
 
 
-def test_concurrent_requests_agree_with_a_single_request(server):
-    expected = client.complete(server.target, "new", ["new york times"], k=4)
+def test_concurrent_requests_agree_with_single_requests(server, real_points):
+    asks = [(p.prefix, [p.prev_query]) for p in real_points[:32]]
+    expected = [client.complete(server.target, prefix, prev, k=4) for prefix, prev in asks]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        answers = list(pool.map(lambda _: client.complete(server.target, "new", ["new york times"], k=4),
-                                range(32)))
-    assert expected and all(answer == expected for answer in answers)
+        answers = list(pool.map(lambda a: client.complete(server.target, a[0], a[1], k=4), asks))
+    assert all(expected) and answers == expected
 
 
 def test_complete_command(server):
     result = subprocess.run(
         [sys.executable, "-m", "serving.cli", "complete", "--target", server.target,
-         "--prefix", "weather b", "--previous", "weather", "--k", "3"],
+         "--prefix", "weather", "--previous", "news", "--k", "3"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    assert "weather boston" in result.stdout
+    expected = client.complete(server.target, "weather", ["news"], k=3)
+    assert expected and all(text in result.stdout for text, _, _ in expected)
 
 
 def test_sigterm_shuts_down_cleanly(artifacts, tmp_path):
