@@ -21,6 +21,7 @@ from qac.config import BuildConfig
 from qac.features import CharTfidf, SessionFeaturizer, WordTfidf
 from qac.logs import CompletionPoint, SessionConfig, make_points, read_aol_log, split_sessions
 from qac.mpc import MostPopularCompletion
+from qac.suffix import SuffixCompletion
 from qac.xmr.model import TrainConfig, XLinearModel
 from qac.xmr.tree import TreeConfig, build_label_tree
 
@@ -145,13 +146,16 @@ def build_completion(
                        bias=config.bias, n_threads=config.n_threads, seed=config.seed)
     model = st.run("xr-linear", lambda: XLinearModel.train(X, y, tree, tcfg))
 
+    query_counts = Counter(e.query for e in log.events)
+
     def fit_mpc():
-        counts = Counter(e.query for e in log.events)
-        queries = sorted(counts)
-        return MostPopularCompletion.build(queries, np.array([counts[q] for q in queries], dtype=np.int64))
+        queries = sorted(query_counts)
+        return MostPopularCompletion.build(queries, np.array([query_counts[q] for q in queries], dtype=np.int64))
 
     mpc = st.run("mpc trie", fit_mpc)
     report.counts["n_mpc_queries"] = len(mpc)
+    suffix = st.run("suffix trie", lambda: SuffixCompletion.build(query_counts.items()))
+    report.counts["n_suffixes"] = len(suffix)
 
     def save():
         flat, ptr = strings_to_arrays(labels)
@@ -160,6 +164,7 @@ def build_completion(
             "labels": ({"n_labels": len(labels)}, {"labels_flat": flat, "labels_ptr": ptr}),
             "model": model.to_arrays(),
             "mpc": mpc.to_arrays(),
+            "suffix": suffix.to_arrays(),
         }
         params = {"config": config.to_dict(), "counts": report.counts, "log": str(log_path),
                   "since": str(since) if since else None, "until": str(until) if until else None,

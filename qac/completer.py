@@ -7,8 +7,12 @@ Path of one request (Yadav et al., KDD 2021, with PECOS ``examples/qp2q`` conven
 3. XR-Linear beam search down the trie-tree hybrid label tree, restricted to tree nodes holding a
    label that starts with the prefix (the labels starting with a prefix are one id range because
    label ids follow sorted order);
-4. fill up to k from most-popular-completion over all training queries, backing off to shorter
-   prefixes when the full prefix has too few completions.
+4. fill up to k from most-popular-completion (MPC) over all training queries that start with the
+   prefix;
+5. then with synthetic completions: the typed words followed by popular query suffixes that start
+   with the rest of the prefix (Mitra & Craswell, CIKM 2015), for the many prefixes whose query was
+   never seen whole;
+6. then MPC with back-off to shorter prefixes, so a request never comes back empty.
 
 Never does work proportional to the number of labels per request.
 """
@@ -24,6 +28,7 @@ from qac.artifacts import arrays_to_strings, load_artifact
 from qac.config import BuildConfig, InferenceConfig
 from qac.features import SessionFeaturizer
 from qac.mpc import MostPopularCompletion
+from qac.suffix import SuffixCompletion
 from qac.text import normalize_prefix, normalize_query
 from qac.xmr.model import XLinearModel
 
@@ -32,6 +37,7 @@ MAX_K = 100
 
 SOURCE_MODEL = "xr_linear"
 SOURCE_MPC = "mpc"
+SOURCE_SUFFIX = "suffix"
 SOURCE_MPC_BACKOFF = "mpc_backoff"
 
 
@@ -53,10 +59,12 @@ class Completion:
     text : str
         The completed (normalised) query.
     score : float
-        Source-specific score: XR-Linear path score in (0, 1] for ``"xr_linear"``, training
-        frequency for ``"mpc"``/``"mpc_backoff"``. The list order is the ranking.
+        Source-specific score: XR-Linear path score in (0, 1] for ``"xr_linear"``; training
+        frequency of the query for ``"mpc"``/``"mpc_backoff"`` and of the suffix for ``"suffix"``.
+        The list order is the ranking.
     source : str
-        ``"xr_linear"``, ``"mpc"`` or ``"mpc_backoff"`` (completes a shorter prefix only).
+        ``"xr_linear"``, ``"mpc"``, ``"suffix"`` (typed words + a popular query suffix) or
+        ``"mpc_backoff"`` (completes a shorter prefix only, so does not start with the prefix).
     """
 
     text: str
@@ -71,11 +79,14 @@ class Completer:
     """
 
     def __init__(self, featurizer: SessionFeaturizer, model: XLinearModel, labels: list[str],
-                 mpc: MostPopularCompletion, inference: InferenceConfig, version: str = ""):
+                 mpc: MostPopularCompletion, suffix: SuffixCompletion, inference: InferenceConfig,
+                 config: BuildConfig | None = None, version: str = ""):
         self.featurizer = featurizer
         self.model = model
         self.labels = labels
         self.mpc = mpc
+        self.suffix = suffix
+        self.config = config or BuildConfig()
         self.inference = inference
         self.version = version
 
@@ -94,15 +105,17 @@ class Completer:
         mp, ma = art.component("model")
         lp, la = art.component("labels")
         cp, ca = art.component("mpc")
+        sp, sa = art.component("suffix")
         labels = arrays_to_strings(la["labels_flat"], la["labels_ptr"])
         version = f"{Path(artifact_dir).name}@{art.params.get('built_at', '')}"
         return cls(SessionFeaturizer.from_arrays(fp, fa), XLinearModel.from_arrays(mp, ma), labels,
-                   MostPopularCompletion.from_arrays(cp, ca), inference or config.inference, version)
+                   MostPopularCompletion.from_arrays(cp, ca), SuffixCompletion.from_arrays(sp, sa),
+                   inference or config.inference, config, version)
 
     def with_inference(self, **changes) -> "Completer":
         """A completer sharing this one's arrays with some inference parameters changed."""
-        return Completer(self.featurizer, self.model, self.labels, self.mpc,
-                         replace(self.inference, **changes), self.version)
+        return Completer(self.featurizer, self.model, self.labels, self.mpc, self.suffix,
+                         replace(self.inference, **changes), self.config, self.version)
 
     def warmup(self) -> None:
         """Prepare for serving: compile/run every kernel once on the served (memory-mapped) arrays,
@@ -111,6 +124,7 @@ class Completer:
         request for milliseconds about once per hundred calls."""
         self.model.warmup()
         self.mpc.warmup()
+        self.suffix.warmup()
         for prefix in ("a", "new y", "www"):
             self.complete(["weather"], prefix, 10)
             self.complete([], prefix, 10)
@@ -180,6 +194,18 @@ class Completer:
                     out.append(Completion(text, float(s), SOURCE_MODEL))
                     if len(out) == k:
                         return out
+        for text, count in self.mpc.top_k(p, k) if p else ():
+            if text not in seen:
+                seen.add(text)
+                out.append(Completion(text, float(count), SOURCE_MPC))
+                if len(out) == k:
+                    return out
+        if self.inference.suffix_completions and p:
+            for text, count, _ in self.suffix.complete(p, k - len(out), seen):
+                seen.add(text)
+                out.append(Completion(text, float(count), SOURCE_SUFFIX))
+            if len(out) == k:
+                return out
         for text, count, matched in self.mpc.top_k_backoff(p, k + len(out)):
             if text in seen:
                 continue

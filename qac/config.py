@@ -23,12 +23,15 @@ class InferenceConfig:
         ``"l3-hinge"`` or ``"sigmoid"``.
     prefix_constrained : bool
         Restrict the beam to tree nodes holding a label that starts with the prefix.
+    suffix_completions : bool
+        Fill with synthetic completions (typed words + popular query suffix) before MPC back-off.
     """
 
     beam_size: int = 10
     n_model_candidates: int = 20
     post_processor: str = "l3-hinge"
     prefix_constrained: bool = True
+    suffix_completions: bool = True
 
     def __post_init__(self) -> None:
         _check(1 <= self.beam_size <= 1000, "beam_size", f"must be in 1..1000, got {self.beam_size}")

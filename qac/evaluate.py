@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import platform
+from dataclasses import asdict
 import time
 from typing import Callable
 
@@ -64,7 +65,7 @@ def evaluate_completion(
     say = progress or (lambda s: None)
     comp = completer or Completer.load(artifact_dir)
     comp.warmup()
-    gap = 1800
+    gap = comp.config.session_gap_seconds
     log = read_aol_log(test_log, since=since, until=until)
     sessions = split_sessions(log.events, SessionConfig(gap))
     points = make_points(sessions, seed)
@@ -87,7 +88,7 @@ def evaluate_completion(
     out = model_scorer.report()
     out["latency_ms"] = _percentiles_ms(latencies)
     out["baselines"] = {"mpc": mpc_scorer.report()}
-    out["config"] = {"k": K, "seed": seed, "session_gap_seconds": gap, "inference": vars(comp.inference).copy(),
+    out["config"] = {"k": K, "seed": seed, "session_gap_seconds": gap, "inference": asdict(comp.inference),
                      "artifacts": str(artifact_dir), "test_log": str(test_log),
                      "n_malformed_rows": log.n_malformed}
     out["machine"] = {"platform": platform.platform(), "python": platform.python_version(),

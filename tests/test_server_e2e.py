@@ -18,7 +18,7 @@ from serving.pb.qac.v1 import internal_raw_pb2, qac_service_pb2, qac_service_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
-SOURCES = {"xr_linear", "mpc", "mpc_backoff"}
+SOURCES = {"xr_linear", "mpc", "suffix", "mpc_backoff"}
 # A slice of the real shared log keeps the build to a few seconds: two weeks to build from, the
 # following day to ask about.
 BUILD_SINCE, BUILD_UNTIL, ASK_UNTIL = "2006-03-01", "2006-03-15", "2006-03-16"
@@ -125,7 +125,7 @@ def test_grpc_answers_equal_in_process_answers(server, in_process, real_points):
 def test_model_completions_start_with_the_prefix(server, real_points):
     for p in real_points[:50]:
         for text, _, src in client.complete(server.target, p.prefix, [p.prev_query], k=10):
-            if src in ("xr_linear", "mpc"):
+            if src in ("xr_linear", "mpc", "suffix"):
                 assert text.startswith(p.prefix)
 
 
