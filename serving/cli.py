@@ -54,11 +54,8 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
     from qac.evaluate import evaluate_completion
 
     comp = Completer.load(args.artifacts)
-    changes = {k: v for k, v in (("beam_size", args.beam_size),) if v is not None}
-    if args.no_prefix_constraint:
-        changes["prefix_constrained"] = False
-    if changes:
-        comp = comp.with_inference(**changes)
+    if args.inference:
+        comp = comp.with_inference(**json.loads(args.inference))
     result = evaluate_completion(args.artifacts, args.log, seed=args.seed, since=args.since, until=args.until,
                                  max_points=args.max_points, completer=comp,
                                  progress=lambda s: print(s, file=sys.stderr, flush=True))
@@ -139,9 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--since")
     ec.add_argument("--until")
     ec.add_argument("--max-points", type=int)
-    ec.add_argument("--beam-size", type=int)
-    ec.add_argument("--no-prefix-constraint", action="store_true",
-                    help="PECOS behaviour: unconstrained beam, filter by prefix afterwards")
+    ec.add_argument("--inference", help='JSON object of InferenceConfig overrides, e.g. \'{"beam_size": 20}\'; '
+                    'PECOS behaviour: \'{"prefix_constrained": false, "suffix_completions": false}\'')
     ec.set_defaults(func=cmd_evaluate_completion)
     es = esub.add_parser("sessions", help="session splitter vs human session boundaries")
     es.add_argument("--gold", required=True, help="aol_gayo_avello_sessions.csv.gz")
@@ -171,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"qac {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
