@@ -154,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="build from the shared data, serve, answer real requests")
     d.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     d.add_argument("--workdir", default="runs/demo")
-    d.add_argument("--n-requests", type=int, default=8)
+    d.add_argument("--n-requests", type=int, default=12)
     d.add_argument("--rebuild", action="store_true")
     d.set_defaults(func=cmd_demo)
     return p
