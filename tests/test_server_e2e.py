@@ -14,6 +14,7 @@ import pytest
 
 from qac.logs import SessionConfig, make_points, read_aol_log, split_sessions  # noqa: E402
 from serving import client  # noqa: E402
+from tests.test_servicer import INVALID_REQUESTS, INVALID_UTF8, valid_request  # noqa: E402
 from serving.pb.qac.v1 import internal_raw_pb2, qac_service_pb2, qac_service_pb2_grpc  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -138,6 +139,28 @@ def test_prefix_only_completion_and_model_version(server):
     texts = [c.text for c in response.completions]
     assert len(texts) == 3 and all(t.startswith("weather ") for t in texts)
     assert response.model_version
+
+
+@pytest.mark.parametrize("mutate, details", [c[1:] for c in INVALID_REQUESTS], ids=[c[0] for c in INVALID_REQUESTS])
+def test_bad_input_table_against_the_real_server(server, mutate, details):
+    request = valid_request()
+    mutate(request)
+    with grpc.insecure_channel(server.target) as channel:
+        with pytest.raises(grpc.RpcError) as info:
+            qac_service_pb2_grpc.QueryServiceStub(channel).Complete(request, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details().startswith(details)
+
+
+@pytest.mark.parametrize("payload, details", [c[1:] for c in INVALID_UTF8], ids=[c[0] for c in INVALID_UTF8])
+def test_bad_utf8_table_against_the_real_server(server, payload, details):
+    with grpc.insecure_channel(server.target) as channel:
+        method = channel.unary_unary("/qac.v1.QueryService/Complete", request_serializer=None,
+                                     response_deserializer=qac_service_pb2.CompleteResponse.FromString)
+        with pytest.raises(grpc.RpcError) as info:
+            method(payload, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == details
 
 
 def test_invalid_argument_over_the_wire(server):
