@@ -16,10 +16,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from qac.artifacts import save_artifact, strings_to_arrays
+from qac.artifacts import save_artifact, strings_to_arrays, write_artifact_files
 from qac.config import BuildConfig
 from qac.features import CharTfidf, SessionFeaturizer, WordTfidf
-from qac.logs import CompletionPoint, SessionConfig, make_points, read_aol_log, split_sessions
+from qac.logs import CompletionPoint, LogReadResult, SessionConfig, make_points, read_aol_log, split_sessions
 from qac.mpc import MostPopularCompletion
 from qac.suffix import SuffixCompletion
 from qac.xmr.model import TrainConfig, XLinearModel
@@ -78,6 +78,8 @@ def build_completion(
     since=None,
     until=None,
     progress: bool = True,
+    log: LogReadResult | None = None,
+    publish: bool = True,
 ) -> BuildReport:
     """Build every completion artifact from an AOL-format log into ``out_dir`` (atomically).
 
@@ -92,6 +94,12 @@ def build_completion(
         Only events in ``[since, until)`` are used (for dev splits).
     progress : bool
         Print one line per stage to stderr.
+    log : LogReadResult, optional
+        The already-read log (``since``/``until`` are then ignored), so a combined build reads once.
+    publish : bool
+        Write atomically (temporary sibling + rename). ``False`` writes straight into ``out_dir``,
+        which must exist and be empty: for a caller assembling several artifacts in its own
+        temporary directory and publishing them together.
 
     Returns
     -------
@@ -107,27 +115,67 @@ def build_completion(
     st = _Stages(report, enabled=progress)
     t_start = time.perf_counter()
 
-    log = st.run("read log", lambda: read_aol_log(log_path, since=since, until=until))
+    if log is None:
+        log = st.run("read log", lambda: read_aol_log(log_path, since=since, until=until))
     sessions = st.run("sessions", lambda: split_sessions(log.events, SessionConfig(config.session_gap_seconds)))
     points = [pt for r in range(config.n_prefixes_per_pair) for pt in make_points(sessions, config.seed + r)]
     if not points:
         raise ValueError(f"{log_path}: no (previous query, next query) pairs in the selected period")
-    labels, y = label_set(points)
-    report.counts.update(
-        n_rows=log.n_rows,
-        n_malformed=log.n_malformed,
-        n_empty_queries=log.n_empty_queries,
-        n_events=len(log.events),
-        n_sessions=len(sessions),
-        n_points=len(points),
-        n_labels=len(labels),
-    )
+    report.counts.update(n_rows=log.n_rows, n_malformed=log.n_malformed, n_empty_queries=log.n_empty_queries,
+                         n_events=len(log.events), n_sessions=len(sessions))
+    params = {"log": str(log_path), "since": str(since) if since else None, "until": str(until) if until else None}
+    return _build_from_points(points, Counter(e.query for e in log.events), out_dir, config, report, st,
+                              t_start, params, publish)
 
+
+def build_prefix_index(
+    queries: Sequence[str],
+    out_dir: str | os.PathLike,
+    config: BuildConfig | None = None,
+    *,
+    progress: bool = True,
+    source: str = "",
+) -> BuildReport:
+    """Build a prefix-only completion index (no session context) over a plain list of queries.
+
+    Every distinct normalised query is one label and one training point (empty previous query, one
+    seeded uniform prefix); MPC and suffix counts come from all occurrences. Used for query lists
+    without users or times (e.g. the scale benchmark's 1M AOL queries).
+
+    Parameters
+    ----------
+    queries : sequence of str
+        Raw queries, one per occurrence.
+    out_dir : path
+        Artifact directory (written atomically).
+    """
+    from qac.logs import CompletionPoint
+    from qac.text import normalize_query
+
+    config = config or BuildConfig()
+    report = BuildReport()
+    st = _Stages(report, enabled=progress)
+    t_start = time.perf_counter()
+    counts = st.run("normalise", lambda: Counter(q for q in map(normalize_query, queries) if q))
+    rng = np.random.default_rng(config.seed)
+    distinct = sorted(counts)
+    cuts = rng.integers(1, np.fromiter(map(len, distinct), dtype=np.int64, count=len(distinct)) + 1)
+    points = [CompletionPoint("", q[:c], q, "", 0) for q, c in zip(distinct, cuts.tolist())]
+    report.counts.update(n_rows=len(queries), n_events=sum(counts.values()))
+    return _build_from_points(points, counts, out_dir, config, report, st, t_start, {"log": source}, True)
+
+
+def _build_from_points(points, query_counts: Counter, out_dir, config: BuildConfig, report: BuildReport,
+                       st: _Stages, t_start: float, params: dict, publish: bool) -> BuildReport:
+    """Features, label tree, XR-Linear, MPC and suffix tries from training points; write the artifact."""
+    labels, y = label_set(points)
+    report.counts.update(n_points=len(points), n_labels=len(labels))
     prev = [p.prev_query for p in points]
     prefixes = [p.prefix for p in points]
 
     def fit_features():
-        feat = SessionFeaturizer(WordTfidf(), CharTfidf(ngram_range=(1, 3), position_weighted=True))
+        word = WordTfidf(allow_empty=not any(prev))  # a prefix-only index has no previous queries
+        feat = SessionFeaturizer(word, CharTfidf(ngram_range=(1, 3), position_weighted=True))
         return feat, feat.fit_transform(prev, prefixes)
 
     featurizer, X = st.run("features", fit_features)
@@ -145,8 +193,6 @@ def build_completion(
     tcfg = TrainConfig(C=config.C, max_iter=config.max_iter, eps=config.eps, threshold=config.threshold,
                        bias=config.bias, n_threads=config.n_threads, seed=config.seed)
     model = st.run("xr-linear", lambda: XLinearModel.train(X, y, tree, tcfg))
-
-    query_counts = Counter(e.query for e in log.events)
 
     def fit_mpc():
         queries = sorted(query_counts)
@@ -166,12 +212,14 @@ def build_completion(
             "mpc": mpc.to_arrays(),
             "suffix": suffix.to_arrays(),
         }
-        params = {"config": config.to_dict(), "counts": report.counts, "log": str(log_path),
-                  "since": str(since) if since else None, "until": str(until) if until else None,
-                  "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        return save_artifact(out_dir, ARTIFACT_KIND, params, components)
+        all_params = {"config": config.to_dict(), "counts": report.counts, **params,
+                      "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if publish:
+            return save_artifact(out_dir, ARTIFACT_KIND, all_params, components)
+        write_artifact_files(Path(out_dir), ARTIFACT_KIND, all_params, components)
+        return Path(out_dir)
 
     path = st.run("save", save)
     report.seconds["total"] = time.perf_counter() - t_start
-    report.artifact_bytes = sum(f.stat().st_size for f in Path(path).iterdir())
+    report.artifact_bytes = sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
     return report

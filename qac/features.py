@@ -101,10 +101,11 @@ class _Tfidf:
 
     _kind = ""
 
-    def __init__(self, min_df: int = 1) -> None:
+    def __init__(self, min_df: int = 1, allow_empty: bool = False) -> None:
         if isinstance(min_df, bool) or not isinstance(min_df, (int, np.integer)) or min_df < 1:
             raise ValueError(f"min_df: expected an int >= 1, got {min_df!r}")
         self.min_df = int(min_df)
+        self.allow_empty = bool(allow_empty)
         self._vocab: list[str] | None = None
         self._index: dict[str, int] = {}
         self._idf: np.ndarray | None = None
@@ -154,7 +155,7 @@ class _Tfidf:
 
     def _fit_from_df(self, df: Counter, n_docs: int) -> None:
         vocab = sorted(t for t, c in df.items() if c >= self.min_df)
-        if not vocab:
+        if not vocab and not self.allow_empty:
             raise ValueError(f"{type(self).__name__}: empty vocabulary (no term has df >= min_df={self.min_df})")
         counts = np.fromiter((df[t] for t in vocab), dtype=np.int64, count=len(vocab))
         self._set_vocabulary(vocab, _smooth_idf(counts, n_docs))
@@ -175,7 +176,7 @@ class _Tfidf:
         X.sum_duplicates()
         df = np.bincount(X.indices, minlength=X.shape[1])
         kept = np.flatnonzero(df >= self.min_df)
-        if not len(kept):
+        if not len(kept) and not self.allow_empty:
             raise ValueError(f"{type(self).__name__}: empty vocabulary (no term has df >= min_df={self.min_df})")
         if not names_sorted:
             kept = np.array(sorted(kept.tolist(), key=names.__getitem__), dtype=np.int64)
@@ -370,6 +371,9 @@ class WordTfidf(_Tfidf):
     ----------
     min_df : int, default 1
         Keep tokens occurring in at least ``min_df`` documents.
+    allow_empty : bool, default False
+        Accept an empty vocabulary (every row all-zero), e.g. the previous-query block of a
+        prefix-only index; otherwise fitting on no terms raises.
 
     Raises
     ------
@@ -380,7 +384,7 @@ class WordTfidf(_Tfidf):
     _kind = "word_tfidf"
 
     def _params(self) -> dict:
-        return {"min_df": self.min_df}
+        return {"min_df": self.min_df, "allow_empty": self.allow_empty}
 
     def _terms(self, text: str) -> list[str]:
         return text.split()

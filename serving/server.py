@@ -3,17 +3,20 @@
 Lifecycle (what a load balancer or orchestrator sees through ``grpc.health.v1``):
 
 1. :func:`create_server` binds the port; health for ``""`` and ``"qac.v1.QueryService"`` is
-   NOT_SERVING, and ``Complete`` answers UNAVAILABLE.
-2. :meth:`QacServer.set_completer` calls ``completer.warmup()`` (if it has one), installs the
+   NOT_SERVING, and every RPC answers UNAVAILABLE.
+2. :meth:`QacServer.set_search_service` (optional) warms up and installs the search service;
+   without one, Search / Feedback / previews answer UNIMPLEMENTED.
+3. :meth:`QacServer.set_completer` calls ``completer.warmup()`` (if it has one), installs the
    completer, then sets SERVING. It can be called again to swap in a new model while serving.
-3. :meth:`QacServer.stop` sets NOT_SERVING first, then stops with a grace period so in-flight
-   requests finish.
+4. :meth:`QacServer.stop` sets NOT_SERVING first, then stops with a grace period so in-flight
+   requests finish; :meth:`QacServer.close_search_service` then lets the search service write its
+   final state.
 
 :func:`serve` strings these together for the CLI: listen, load + warm up in a background thread,
 print ``serving on HOST:PORT`` once healthy, run until SIGTERM/SIGINT, shut down gracefully.
 
-Imports stay light: this module never imports build code; the real completer is imported only
-inside :func:`load_completer`.
+Imports stay light: this module never imports build code; the real completer and search service
+are imported only inside :func:`load_completer` / :func:`load_search_service`.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from serving.search_types import SearchServiceLike
 from serving.servicer import SERVICE_NAME, CompleterLike, QueryServiceServicer, add_to_server
 from serving.validation import RequestLimits
 
@@ -52,7 +56,11 @@ class ServerConfig:
     max_workers : int
         Threads answering RPCs.
     artifacts : str or Path or None
-        Artifact directory the completer is loaded from (required by :func:`serve`).
+        Artifact directory the completer (and, from its ``search/`` subdirectory, the search
+        service) is loaded from (required by :func:`serve`).
+    state_dir : str or Path or None
+        Directory of the search service's online state (event log, snapshots); None = the search
+        service's own default (see ``serving.search_service.load_search_service``).
     grace_seconds : float
         On shutdown, how long in-flight RPCs may take before they are cancelled.
     max_concurrent_rpcs : int or None
@@ -67,6 +75,7 @@ class ServerConfig:
     port: int = 0
     max_workers: int = 8
     artifacts: str | Path | None = None
+    state_dir: str | Path | None = None
     grace_seconds: float = 5.0
     max_concurrent_rpcs: int | None = None
     max_receive_message_bytes: int = 1 << 20
@@ -118,6 +127,26 @@ class QacServer:
     def start(self) -> None:
         self.grpc_server.start()
 
+    def set_search_service(self, search_service: SearchServiceLike | None) -> None:
+        """Warm up ``search_service`` (``warmup()`` if present) and install it; health unchanged.
+
+        Call it before :meth:`set_completer` when loading, so that the server never reports
+        SERVING while Search would still answer UNIMPLEMENTED. ``None`` removes search.
+        """
+        warmup = getattr(search_service, "warmup", None)
+        if callable(warmup):
+            warmup()
+        self.servicer.set_search_service(search_service)
+
+    def close_search_service(self) -> None:
+        """Call ``close()`` on the installed search service, if it has one (after :meth:`stop`).
+
+        Raises whatever ``close()`` raises.
+        """
+        close = getattr(self.servicer.search_service, "close", None)
+        if callable(close):
+            close()
+
     def set_completer(self, completer: CompleterLike) -> None:
         """Warm up ``completer`` (``warmup()`` if present), install it, then report SERVING.
 
@@ -140,7 +169,8 @@ class QacServer:
         return self.grpc_server.wait_for_termination(timeout)
 
 
-def create_server(config: ServerConfig, completer: CompleterLike | None = None) -> tuple[QacServer, int]:
+def create_server(config: ServerConfig, completer: CompleterLike | None = None,
+                  search_service: SearchServiceLike | None = None) -> tuple[QacServer, int]:
     """Build and bind the server (not started).
 
     Parameters
@@ -149,6 +179,9 @@ def create_server(config: ServerConfig, completer: CompleterLike | None = None) 
     completer : CompleterLike or None
         If given, it is warmed up and installed before returning, so health is SERVING as soon
         as the server starts; if None, install one later with :meth:`QacServer.set_completer`.
+    search_service : SearchServiceLike or None
+        If given, warmed up and installed (before the completer); None = no search on this
+        server unless installed later with :meth:`QacServer.set_search_service`.
 
     Returns
     -------
@@ -193,6 +226,8 @@ def create_server(config: ServerConfig, completer: CompleterLike | None = None) 
         raise RuntimeError(f"could not bind {address}")
 
     server = QacServer(grpc_server, servicer, health_servicer, port)
+    if search_service is not None:
+        server.set_search_service(search_service)
     if completer is not None:
         server.set_completer(completer)
     return server, port
@@ -201,21 +236,28 @@ def create_server(config: ServerConfig, completer: CompleterLike | None = None) 
 def serve(
     config: ServerConfig,
     load_completer: Callable[[str | Path | None], CompleterLike],
+    load_search_service: Callable[[str | Path | None, str | Path | None], SearchServiceLike] | None = None,
     *,
     out: TextIO | None = None,
     stop_event: threading.Event | None = None,
 ) -> int:
     """Run the server until SIGTERM/SIGINT (or ``stop_event``), then shut down gracefully.
 
-    Listens first (health NOT_SERVING), then calls ``load_completer(config.artifacts)`` in a
-    background thread and warms the result up; once healthy, writes the single line
-    ``serving on HOST:PORT`` to ``out`` (stdout) and flushes it.
+    Listens first (health NOT_SERVING), then in a background thread calls
+    ``load_completer(config.artifacts)`` and, if given,
+    ``load_search_service(config.artifacts, config.state_dir)``, warms both up and installs them
+    (search first); once healthy, writes the single line ``serving on HOST:PORT`` to ``out``
+    (stdout) and flushes it. On shutdown, after in-flight requests finished, it calls the search
+    service's ``close()`` (if it has one).
 
     Parameters
     ----------
     config : ServerConfig
     load_completer : callable
         ``load_completer(artifacts) -> completer``, e.g. ``qac.completer.Completer.load``.
+    load_search_service : callable or None
+        ``load_search_service(artifacts, state_dir) -> search service``, e.g.
+        :func:`load_search_service`; None = serve without search.
     out : text stream, optional
         Where the ready line goes (default ``sys.stdout``).
     stop_event : threading.Event, optional
@@ -225,7 +267,8 @@ def serve(
     Returns
     -------
     int
-        Process exit code: 0 after a requested shutdown, 1 if loading the completer failed.
+        Process exit code: 0 after a requested shutdown; 1 if loading the completer or the search
+        service failed, or if the search service's ``close()`` failed.
     """
     out = sys.stdout if out is None else out
     stop_requested = threading.Event() if stop_event is None else stop_event
@@ -250,13 +293,26 @@ def serve(
         server, port = create_server(config)
         server.start()
         address = format_address(config.host, port)
-        logger.info("listening on %s; NOT_SERVING until the completer is loaded", address)
+        logger.info("listening on %s; NOT_SERVING until the models are loaded", address)
 
         def load() -> None:
+            search_service = None
             try:
-                server.set_completer(load_completer(config.artifacts))
+                completer = load_completer(config.artifacts)
+                if load_search_service is not None:
+                    search_service = load_search_service(config.artifacts, config.state_dir)
+                    server.set_search_service(search_service)  # installed: the main thread closes it
+                server.set_completer(completer)
             except BaseException as exc:  # reported by the main thread
                 load_errors.append(exc)
+                if search_service is not None and server.servicer.search_service is not search_service:
+                    # Loaded but its warmup failed: nobody else holds it, so close it here.
+                    close = getattr(search_service, "close", None)
+                    if callable(close):
+                        try:
+                            close()
+                        except Exception:
+                            logger.exception("closing the search service after a failed warmup failed")
             finally:
                 loaded.set()
                 wake.set()
@@ -267,9 +323,10 @@ def serve(
             wake.clear()
 
         if load_errors and not stop_requested.is_set():
-            logger.error("could not load the completer from %s", config.artifacts,
+            logger.error("could not load the models from %s", config.artifacts,
                          exc_info=load_errors[0])
             server.stop(0).wait()
+            _close_search_service(server)
             return 1
         if not stop_requested.is_set():
             print(f"serving on {address}", file=out, flush=True)
@@ -278,11 +335,28 @@ def serve(
                 wake.clear()
         logger.info("stopping (grace %.1f s)", config.grace_seconds)
         server.stop(config.grace_seconds).wait()
+        if not loaded.wait(config.grace_seconds):
+            # Stopped while still loading and the loader did not finish within the grace period: a
+            # search service it installs later is not closed. Nothing was served from it, and
+            # its acknowledged events are already durable, so only a snapshot is skipped.
+            logger.warning("stopping before the models finished loading")
+        closed = _close_search_service(server)
         logger.info("stopped")
-        return 0
+        return 0 if closed else 1
     finally:
         for sig, handler in previous_handlers.items():
             signal.signal(sig, handler)
+
+
+def _close_search_service(server: QacServer) -> bool:
+    """Close the search service (if any); False (and logged) if ``close()`` raised."""
+    try:
+        server.close_search_service()
+    except Exception:
+        logger.exception("closing the search service failed; its final snapshot may be missing "
+                         "(acknowledged events are in its log and will be replayed)")
+        return False
+    return True
 
 
 def load_completer(artifacts: str | Path | None) -> CompleterLike:
@@ -294,19 +368,44 @@ def load_completer(artifacts: str | Path | None) -> CompleterLike:
     return Completer.load(artifacts)
 
 
-def main_serve(args: argparse.Namespace) -> int:
-    """``qac serve``: args has ``artifacts``, ``host``, ``port``, ``max_workers``; returns exit code.
+def load_search_service(artifacts: str | Path | None,
+                        state_dir: str | Path | None) -> SearchServiceLike:
+    """Load the real search service (``serving.search_service.load_search_service``); imported lazily."""
+    if artifacts is None:
+        raise ValueError("artifacts: an artifact directory is required")
+    from serving.search_service import load_search_service as load  # noqa: PLC0415 - keep imports light
 
+    return load(artifacts, state_dir)
+
+
+def search_loader_for(artifacts: str | Path | None) -> Callable | None:
+    """:func:`load_search_service` if ``artifacts`` has a ``search/`` subdirectory, else None."""
+    if artifacts is not None and Path(artifacts, "search").is_dir():
+        return load_search_service
+    return None
+
+
+def main_serve(args: argparse.Namespace) -> int:
+    """``qac serve``: args has ``artifacts``, ``host``, ``port``, ``max_workers`` and optionally
+    ``state`` (directory of the search service's online state); returns the exit code.
+
+    Search is served only if the artifact directory has a ``search/`` subdirectory.
     Logging is configured by the caller (``serving.cli.main``), as only CLIs configure logging.
     """
+    state_dir = getattr(args, "state", None)
     try:
         config = ServerConfig(host=args.host, port=args.port, max_workers=args.max_workers,
-                              artifacts=args.artifacts)
+                              artifacts=args.artifacts, state_dir=state_dir)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    search_loader = search_loader_for(config.artifacts)
+    if search_loader is None:
+        logger.info("no search/ in %s: serving completion only", config.artifacts)
+        if state_dir is not None:
+            logger.warning("--state %s is ignored: the artifacts have no search index", state_dir)
     try:
-        return serve(config, load_completer)
+        return serve(config, load_completer, search_loader)
     except RuntimeError as exc:  # bind failure
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -399,9 +399,10 @@ def test_reflection_lists_services(start_server, channel_to):
     assert set(database.get_services()) >= {
         "qac.v1.QueryService", "grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection",
     }
-    method = descriptor_pool.DescriptorPool(database).FindServiceByName("qac.v1.QueryService") \
-        .methods_by_name["Complete"]
-    assert method.input_type.full_name == "qac.v1.CompleteRequest"
+    service = descriptor_pool.DescriptorPool(database).FindServiceByName("qac.v1.QueryService")
+    assert service.methods_by_name["Complete"].input_type.full_name == "qac.v1.CompleteRequest"
+    assert service.methods_by_name["Search"].input_type.full_name == "qac.v1.SearchRequest"
+    assert service.methods_by_name["Feedback"].input_type.full_name == "qac.v1.FeedbackRequest"
 
 
 def test_second_server_cannot_share_a_port(start_server):
@@ -429,11 +430,20 @@ def test_server_config_rejects_bad_values(kwargs, field):
 
 
 @pytest.mark.parametrize("field", ["max_prefix_chars", "max_k", "max_previous_queries",
-                                   "max_query_chars", "max_id_chars"])
+                                   "max_query_chars", "max_id_chars", "max_catalog_chars",
+                                   "max_decision_id_chars", "max_item_id_chars", "max_position",
+                                   "max_preview_k", "max_preview_completions",
+                                   "default_preview_completions"])
 @pytest.mark.parametrize("value", [0, -1, 2.5, True])
 def test_request_limits_reject_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         RequestLimits(**{field: value})
+
+
+def test_request_limits_default_previews_within_max():
+    with pytest.raises(ValueError, match="default_preview_completions"):
+        RequestLimits(max_preview_completions=2)  # default 3 > max 2
+    assert RequestLimits(max_preview_completions=2, default_preview_completions=2)
 
 
 def test_custom_limits_are_enforced(start_server, channel_to):
@@ -513,9 +523,11 @@ def test_format_completions():
 
 def test_serving_imports_stay_light():
     code = (
-        "import sys, serving.server, serving.client, serving.servicer, serving.validation\n"
+        "import sys, serving.server, serving.client, serving.servicer, serving.validation, "
+        "serving.search_types\n"
         "heavy = sorted(m for m in sys.modules if m.split('.')[0] in "
-        "{'sklearn', 'scipy', 'numba', 'numpy', 'pandas'} or m.startswith(('qac.build', 'qac.completer')))\n"
+        "{'sklearn', 'scipy', 'numba', 'numpy', 'pandas', 'retrieval'} "
+        "or m.startswith(('qac.build', 'qac.completer')))\n"
         "print(heavy)\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

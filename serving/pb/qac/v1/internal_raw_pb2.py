@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$serving/pb/qac/v1/internal_raw.proto\x12\x0fqac.v1.internal\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\nRawSession\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0f\n\x07user_id\x18\x02 \x01(\x0c\x12\x18\n\x10previous_queries\x18\x03 \x03(\x0c\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"]\n\x12RawCompleteRequest\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.qac.v1.internal.RawSession\x12\x0e\n\x06prefix\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\x05\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$serving/pb/qac/v1/internal_raw.proto\x12\x0fqac.v1.internal\x1a\x1fgoogle/protobuf/timestamp.proto\"z\n\nRawSession\x12\x12\n\nsession_id\x18\x01 \x01(\x0c\x12\x0f\n\x07user_id\x18\x02 \x01(\x0c\x12\x18\n\x10previous_queries\x18\x03 \x03(\x0c\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x9e\x01\n\x12RawCompleteRequest\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.qac.v1.internal.RawSession\x12\x0e\n\x06prefix\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x11\n\tpreview_k\x18\x04 \x01(\x05\x12\x1b\n\x13preview_completions\x18\x05 \x01(\x05\x12\x0f\n\x07\x63\x61talog\x18\x06 \x01(\x0c\"k\n\x10RawSearchRequest\x12,\n\x07session\x18\x01 \x01(\x0b\x32\x1b.qac.v1.internal.RawSession\x12\r\n\x05query\x18\x02 \x01(\x0c\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x0f\n\x07\x63\x61talog\x18\x04 \x01(\x0c\"\xae\x01\n\x12RawFeedbackRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\x0c\x12\x19\n\x0f\x63licked_item_id\x18\x02 \x01(\x0cH\x00\x12\x1d\n\x13\x61\x63\x63\x65pted_suggestion\x18\x03 \x01(\x0cH\x00\x12\x10\n\x08position\x18\x04 \x01(\x05\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06\x61\x63tionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_RAWSESSION']._serialized_start=90
   _globals['_RAWSESSION']._serialized_end=212
-  _globals['_RAWCOMPLETEREQUEST']._serialized_start=214
-  _globals['_RAWCOMPLETEREQUEST']._serialized_end=307
+  _globals['_RAWCOMPLETEREQUEST']._serialized_start=215
+  _globals['_RAWCOMPLETEREQUEST']._serialized_end=373
+  _globals['_RAWSEARCHREQUEST']._serialized_start=375
+  _globals['_RAWSEARCHREQUEST']._serialized_end=482
+  _globals['_RAWFEEDBACKREQUEST']._serialized_start=485
+  _globals['_RAWFEEDBACKREQUEST']._serialized_end=659
 # @@protoc_insertion_point(module_scope)

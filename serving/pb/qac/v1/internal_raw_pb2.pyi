@@ -22,11 +22,43 @@ class RawSession(_message.Message):
     def __init__(self, session_id: _Optional[bytes] = ..., user_id: _Optional[bytes] = ..., previous_queries: _Optional[_Iterable[bytes]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class RawCompleteRequest(_message.Message):
-    __slots__ = ("session", "prefix", "k")
+    __slots__ = ("session", "prefix", "k", "preview_k", "preview_completions", "catalog")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_K_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     session: RawSession
     prefix: bytes
     k: int
-    def __init__(self, session: _Optional[_Union[RawSession, _Mapping]] = ..., prefix: _Optional[bytes] = ..., k: _Optional[int] = ...) -> None: ...
+    preview_k: int
+    preview_completions: int
+    catalog: bytes
+    def __init__(self, session: _Optional[_Union[RawSession, _Mapping]] = ..., prefix: _Optional[bytes] = ..., k: _Optional[int] = ..., preview_k: _Optional[int] = ..., preview_completions: _Optional[int] = ..., catalog: _Optional[bytes] = ...) -> None: ...
+
+class RawSearchRequest(_message.Message):
+    __slots__ = ("session", "query", "k", "catalog")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    session: RawSession
+    query: bytes
+    k: int
+    catalog: bytes
+    def __init__(self, session: _Optional[_Union[RawSession, _Mapping]] = ..., query: _Optional[bytes] = ..., k: _Optional[int] = ..., catalog: _Optional[bytes] = ...) -> None: ...
+
+class RawFeedbackRequest(_message.Message):
+    __slots__ = ("decision_id", "clicked_item_id", "accepted_suggestion", "position", "timestamp")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLICKED_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_SUGGESTION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    decision_id: bytes
+    clicked_item_id: bytes
+    accepted_suggestion: bytes
+    position: int
+    timestamp: _timestamp_pb2.Timestamp
+    def __init__(self, decision_id: _Optional[bytes] = ..., clicked_item_id: _Optional[bytes] = ..., accepted_suggestion: _Optional[bytes] = ..., position: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

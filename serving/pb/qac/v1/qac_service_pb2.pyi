@@ -22,29 +22,97 @@ class Session(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., user_id: _Optional[str] = ..., previous_queries: _Optional[_Iterable[str]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class CompleteRequest(_message.Message):
-    __slots__ = ("session", "prefix", "k")
+    __slots__ = ("session", "prefix", "k", "preview_k", "preview_completions", "catalog")
     SESSION_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
     K_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_K_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
     session: Session
     prefix: str
     k: int
-    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., prefix: _Optional[str] = ..., k: _Optional[int] = ...) -> None: ...
+    preview_k: int
+    preview_completions: int
+    catalog: str
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., prefix: _Optional[str] = ..., k: _Optional[int] = ..., preview_k: _Optional[int] = ..., preview_completions: _Optional[int] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("text", "score", "source")
+    __slots__ = ("text", "score", "source", "preview", "preview_decision_id")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_FIELD_NUMBER: _ClassVar[int]
+    PREVIEW_DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     text: str
     score: float
     source: str
-    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ...) -> None: ...
+    preview: _containers.RepeatedCompositeFieldContainer[SearchItem]
+    preview_decision_id: str
+    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., preview: _Optional[_Iterable[_Union[SearchItem, _Mapping]]] = ..., preview_decision_id: _Optional[str] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
-    __slots__ = ("completions", "model_version")
+    __slots__ = ("completions", "model_version", "decision_id")
     COMPLETIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     completions: _containers.RepeatedCompositeFieldContainer[Completion]
     model_version: str
-    def __init__(self, completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    decision_id: str
+    def __init__(self, completions: _Optional[_Iterable[_Union[Completion, _Mapping]]] = ..., model_version: _Optional[str] = ..., decision_id: _Optional[str] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("session", "query", "k", "catalog")
+    SESSION_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_FIELD_NUMBER: _ClassVar[int]
+    session: Session
+    query: str
+    k: int
+    catalog: str
+    def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., query: _Optional[str] = ..., k: _Optional[int] = ..., catalog: _Optional[str] = ...) -> None: ...
+
+class SearchItem(_message.Message):
+    __slots__ = ("item_id", "text", "score", "arms")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    text: str
+    score: float
+    arms: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_id: _Optional[str] = ..., text: _Optional[str] = ..., score: _Optional[float] = ..., arms: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("items", "decision_id", "model_version")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[SearchItem]
+    decision_id: str
+    model_version: str
+    def __init__(self, items: _Optional[_Iterable[_Union[SearchItem, _Mapping]]] = ..., decision_id: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("decision_id", "clicked_item_id", "accepted_suggestion", "position", "timestamp")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    CLICKED_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTED_SUGGESTION_FIELD_NUMBER: _ClassVar[int]
+    POSITION_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    clicked_item_id: str
+    accepted_suggestion: str
+    position: int
+    timestamp: _timestamp_pb2.Timestamp
+    def __init__(self, decision_id: _Optional[str] = ..., clicked_item_id: _Optional[str] = ..., accepted_suggestion: _Optional[str] = ..., position: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("duplicate", "reward")
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    reward: float
+    def __init__(self, duplicate: _Optional[bool] = ..., reward: _Optional[float] = ...) -> None: ...

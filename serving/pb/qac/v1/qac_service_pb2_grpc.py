@@ -26,8 +26,20 @@ if _version_not_supported:
 
 
 class QueryServiceStub:
-    """QueryService answers completion requests. Search and Feedback will be added
-    to this same service (same session message, same status-code conventions).
+    """QueryService answers completion, search and feedback requests for one
+    session-aware query service (same Session message, same status-code
+    conventions for every RPC).
+
+    Common status codes:
+    INVALID_ARGUMENT  bad request; details are "<field>: <reason>", where
+    <field> is the request's own field path (e.g. "k",
+    "session.previous_queries[3]", "action"); this includes
+    strings that are not valid UTF-8.
+    UNAVAILABLE       the server is still loading (health NOT_SERVING); retry.
+    UNIMPLEMENTED     Search, Feedback, or Complete with preview_k > 0 on a
+    server started without a search index; details
+    "search is not configured on this server".
+    INTERNAL          server fault; no details leak.
     """
 
     def __init__(self, channel):
@@ -41,20 +53,77 @@ class QueryServiceStub:
                 request_serializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.CompleteRequest.SerializeToString,
                 response_deserializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.CompleteResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/qac.v1.QueryService/Search',
+                request_serializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.SearchRequest.SerializeToString,
+                response_deserializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.SearchResponse.FromString,
+                _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/qac.v1.QueryService/Feedback',
+                request_serializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class QueryServiceServicer:
-    """QueryService answers completion requests. Search and Feedback will be added
-    to this same service (same session message, same status-code conventions).
+    """QueryService answers completion, search and feedback requests for one
+    session-aware query service (same Session message, same status-code
+    conventions for every RPC).
+
+    Common status codes:
+    INVALID_ARGUMENT  bad request; details are "<field>: <reason>", where
+    <field> is the request's own field path (e.g. "k",
+    "session.previous_queries[3]", "action"); this includes
+    strings that are not valid UTF-8.
+    UNAVAILABLE       the server is still loading (health NOT_SERVING); retry.
+    UNIMPLEMENTED     Search, Feedback, or Complete with preview_k > 0 on a
+    server started without a search index; details
+    "search is not configured on this server".
+    INTERNAL          server fault; no details leak.
     """
 
     def Complete(self, request, context):
         """Ranked full-query completions of `prefix`, given the user's session.
+        With preview_k > 0, the top completions also carry the first results of
+        searching them (the same retrieval path and policy as Search).
 
-        Errors: INVALID_ARGUMENT with details "<field>: <reason>" for a bad
-        request (missing session, empty or over-long prefix, k out of range, too
-        many or over-long previous queries, over-long ids, invalid UTF-8);
-        INTERNAL for a server fault (no details leak).
+        Errors: INVALID_ARGUMENT for a bad request (missing session, empty or
+        over-long prefix, k out of range, too many or over-long previous queries,
+        over-long ids, invalid session.timestamp, preview_k or
+        preview_completions out of range, over-long or unknown catalog, invalid
+        UTF-8).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Search(self, request, context):
+        """Ranked items of `catalog` for the full query `query`, given the session.
+
+        Errors: INVALID_ARGUMENT for a bad request (missing session, blank or
+        over-long query, k out of range, over-long catalog, unknown catalog:
+        "catalog: unknown catalog <name> (have: <names>)", invalid UTF-8).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Feedback(self, request, context):
+        """What the user did with a Search or Complete response. Every acknowledged
+        (OK) event is durably recorded before the call returns.
+
+        Idempotent: repeating an event, i.e. the same decision_id with the same
+        clicked_item_id (or the same accepted_suggestion), e.g. a client retry
+        after a timeout, answers OK with duplicate = true and reward = 0 and
+        changes nothing, so each event is counted once. A click on another item
+        of the same decision is a new event.
+
+        Errors: NOT_FOUND "decision_id: unknown decision <id>" when the decision
+        is not known to the server; INVALID_ARGUMENT for a bad request (empty or
+        over-long decision_id, no action or an empty one, over-long item id or
+        suggestion, position out of range, invalid timestamp, invalid UTF-8) and
+        "action: item <id> was not among the decision's results" when the
+        clicked item (or accepted suggestion) was not in that response.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -68,6 +137,16 @@ def add_QueryServiceServicer_to_server(servicer, server):
                     request_deserializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.CompleteRequest.FromString,
                     response_serializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.CompleteResponse.SerializeToString,
             ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.SearchRequest.FromString,
+                    response_serializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.SearchResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.FeedbackRequest.FromString,
+                    response_serializer=serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.FeedbackResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'qac.v1.QueryService', rpc_method_handlers)
@@ -77,8 +156,20 @@ def add_QueryServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class QueryService:
-    """QueryService answers completion requests. Search and Feedback will be added
-    to this same service (same session message, same status-code conventions).
+    """QueryService answers completion, search and feedback requests for one
+    session-aware query service (same Session message, same status-code
+    conventions for every RPC).
+
+    Common status codes:
+    INVALID_ARGUMENT  bad request; details are "<field>: <reason>", where
+    <field> is the request's own field path (e.g. "k",
+    "session.previous_queries[3]", "action"); this includes
+    strings that are not valid UTF-8.
+    UNAVAILABLE       the server is still loading (health NOT_SERVING); retry.
+    UNIMPLEMENTED     Search, Feedback, or Complete with preview_k > 0 on a
+    server started without a search index; details
+    "search is not configured on this server".
+    INTERNAL          server fault; no details leak.
     """
 
     @staticmethod
@@ -98,6 +189,60 @@ class QueryService:
             '/qac.v1.QueryService/Complete',
             serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.CompleteRequest.SerializeToString,
             serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.CompleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qac.v1.QueryService/Search',
+            serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.SearchRequest.SerializeToString,
+            serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/qac.v1.QueryService/Feedback',
+            serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.FeedbackRequest.SerializeToString,
+            serving_dot_pb_dot_qac_dot_v1_dot_qac__service__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
