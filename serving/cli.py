@@ -49,6 +49,18 @@ def cmd_complete(args: argparse.Namespace) -> int:
     return main_complete(args) or 0
 
 
+def cmd_search(args: argparse.Namespace) -> int:
+    from serving.client import main_search
+
+    return main_search(args) or 0
+
+
+def cmd_feedback(args: argparse.Namespace) -> int:
+    from serving.client import main_feedback
+
+    return main_feedback(args) or 0
+
+
 def cmd_evaluate_completion(args: argparse.Namespace) -> int:
     from qac.completer import Completer
     from qac.evaluate import evaluate_completion
@@ -115,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     s.add_argument("--max-workers", type=int, default=8)
+    s.add_argument("--state", help="state directory (SQLite event log + snapshots) for Search/Feedback")
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("complete", help="ask a running server for completions")
@@ -124,7 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--k", type=int, default=10)
     c.add_argument("--session-id", default="")
     c.add_argument("--user-id", default="")
+    c.add_argument("--preview-k", type=int, default=0, help="attach this many search results to top completions")
+    c.add_argument("--preview-completions", type=int, default=0, help="how many completions get previews (0: 3)")
+    c.add_argument("--catalog", default="", help="item catalogue of the previews")
     c.set_defaults(func=cmd_complete)
+
+    q = sub.add_parser("search", help="ask a running server to search")
+    q.add_argument("--target", default="127.0.0.1:50051")
+    q.add_argument("--query", required=True)
+    q.add_argument("--previous", action="append", default=[], help="a previous query (repeat, oldest first)")
+    q.add_argument("--k", type=int, default=10)
+    q.add_argument("--catalog", default="")
+    q.add_argument("--session-id", default="")
+    q.add_argument("--user-id", default="")
+    q.set_defaults(func=cmd_search)
+
+    f = sub.add_parser("feedback", help="report a click or an accepted suggestion to a running server")
+    f.add_argument("--target", default="127.0.0.1:50051")
+    f.add_argument("--decision-id", required=True)
+    f.add_argument("--item", help="clicked item id")
+    f.add_argument("--suggestion", help="accepted suggestion")
+    f.add_argument("--position", type=int, default=0)
+    f.set_defaults(func=cmd_feedback)
 
     e = sub.add_parser("evaluate", help="offline evaluation")
     esub = e.add_subparsers(dest="what", required=True)
