@@ -1,0 +1,163 @@
+"""Numba kernels for ``retrieval.policy`` (private): plain arrays in and out, no objects, no RNG.
+
+Shapes used throughout (``n_arms`` arms, ``d`` per-arm model inputs, ``n_levels`` candidate-count
+levels, ``n_actions`` menu allocations):
+
+- ``x`` float32/float64 (d_ctx,), ``arm_x`` (n_arms, d_arm), ``extra`` float64 (2,) = [1, budget
+  feature]; the per-arm model input is ``phi_a = [x, arm_x[a], extra]`` (d = d_ctx + d_arm + 2).
+- ``a_inv`` float64 (n_arms, d, d): inverse of the per-arm ridge Gram matrix ``lambda*I + sum phi phi^T``.
+- ``w`` float64 (n_arms, d, n_levels): ridge weights, one column per candidate-count level.
+- ``menu_levels`` int32 (n_actions, n_arms): level index of arm a in action k, -1 when the arm
+  gets no candidates.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True, nogil=True)
+def _phi(x, arm_x, extra, a, out):
+    d_ctx = x.shape[0]
+    d_arm = arm_x.shape[1]
+    for i in range(d_ctx):
+        out[i] = x[i]
+    for j in range(d_arm):
+        out[d_ctx + j] = arm_x[a, j]
+    for j in range(extra.shape[0]):
+        out[d_ctx + d_arm + j] = extra[j]
+
+
+@njit(cache=True, nogil=True)
+def predict_levels(x, arm_x, extra, w, a_inv, mean_out, width_out):
+    """Per-arm, per-level ridge predictions ``phi_a^T w[a, :, l]`` and widths ``sqrt(phi_a^T A_a^-1 phi_a)``.
+
+    ``mean_out`` float64 (n_arms, n_levels) and ``width_out`` float64 (n_arms,) are written in place.
+    """
+    n_arms, d, n_levels = w.shape
+    phi = np.empty(d, dtype=np.float64)
+    for a in range(n_arms):
+        _phi(x, arm_x, extra, a, phi)
+        for l in range(n_levels):
+            s = 0.0
+            for i in range(d):
+                s += phi[i] * w[a, i, l]
+            mean_out[a, l] = s
+        q = 0.0
+        for i in range(d):
+            t = 0.0
+            for j in range(d):
+                t += a_inv[a, i, j] * phi[j]
+            q += phi[i] * t
+        width_out[a] = np.sqrt(q) if q > 0.0 else 0.0
+
+
+@njit(cache=True, nogil=True)
+def union_scores(p, menu_levels, out):
+    """Noisy-or union hit probability of every action: ``1 - prod_a (1 - clip(p[a, level[k, a]]))``."""
+    n_actions, n_arms = menu_levels.shape
+    for k in range(n_actions):
+        miss = 1.0
+        for a in range(n_arms):
+            l = menu_levels[k, a]
+            if l >= 0:
+                v = p[a, l]
+                if v < 0.0:
+                    v = 0.0
+                elif v > 1.0:
+                    v = 1.0
+                miss *= 1.0 - v
+        out[k] = 1.0 - miss
+
+
+@njit(cache=True, nogil=True)
+def argmax_first(v):
+    """Index of the largest value, the lowest index on ties (deterministic greedy choice)."""
+    best = 0
+    for k in range(1, v.shape[0]):
+        if v[k] > v[best]:
+            best = k
+    return best
+
+
+@njit(cache=True, nogil=True)
+def thompson_counts(mean, width, noise, scale, menu_levels, counts):
+    """How often each action wins over ``n_samples`` posterior draws.
+
+    Draw s of arm a's hit curve is ``mean[a, :] + scale * width[a] * noise[s, a]`` (one standard
+    normal per arm and draw, shared by its levels, so the sampled curve stays ordered in the
+    candidate count). ``counts`` int64 (n_actions,) is zeroed and filled; returns ``winners`` int64
+    (n_samples,), the greedy action of every draw.
+    """
+    n_samples = noise.shape[0]
+    n_arms, n_levels = mean.shape
+    n_actions = menu_levels.shape[0]
+    p = np.empty((n_arms, n_levels), dtype=np.float64)
+    scores = np.empty(n_actions, dtype=np.float64)
+    winners = np.empty(n_samples, dtype=np.int64)
+    for k in range(n_actions):
+        counts[k] = 0
+    for s in range(n_samples):
+        for a in range(n_arms):
+            shift = scale * width[a] * noise[s, a]
+            for l in range(n_levels):
+                p[a, l] = mean[a, l] + shift
+        union_scores(p, menu_levels, scores)
+        best = argmax_first(scores)
+        winners[s] = best
+        counts[best] += 1
+    return winners
+
+
+@njit(cache=True, nogil=True)
+def rls_update(x, arm_x, extra, arm_ranks, level_counts, a_inv, w):
+    """Rank-1 (Sherman-Morrison) recursive least squares step for every arm, all levels at once.
+
+    Target of arm a at level l is ``1.0 if 0 <= arm_ranks[a] < level_counts[l] else 0.0``. With
+    ``k = A^-1 phi / (1 + phi^T A^-1 phi)``: ``w += k (y - phi^T w)`` and ``A^-1 -= k phi^T A^-1``,
+    which equals re-solving the ridge problem with the new row (O(d^2 + d n_levels) per arm).
+    """
+    n_arms, d, n_levels = w.shape
+    phi = np.empty(d, dtype=np.float64)
+    u = np.empty(d, dtype=np.float64)
+    for a in range(n_arms):
+        _phi(x, arm_x, extra, a, phi)
+        denom = 1.0
+        for i in range(d):
+            t = 0.0
+            for j in range(d):
+                t += a_inv[a, i, j] * phi[j]
+            u[i] = t
+            denom += phi[i] * t
+        r = arm_ranks[a]
+        for l in range(n_levels):
+            pred = 0.0
+            for i in range(d):
+                pred += phi[i] * w[a, i, l]
+            y = 1.0 if (r >= 0 and r < level_counts[l]) else 0.0
+            err = (y - pred) / denom
+            for i in range(d):
+                w[a, i, l] += u[i] * err
+        # A^-1 is symmetric, so phi^T A^-1 = u^T; update keeps symmetry exactly.
+        for i in range(d):
+            ui = u[i] / denom
+            for j in range(d):
+                a_inv[a, i, j] -= ui * u[j]
+
+
+@njit(cache=True, nogil=True)
+def all_finite_1d(a):
+    """True when no element is NaN or infinite (validation without temporaries)."""
+    for i in range(a.shape[0]):
+        if not np.isfinite(a[i]):
+            return False
+    return True
+
+
+@njit(cache=True, nogil=True)
+def all_finite_2d(a):
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            if not np.isfinite(a[i, j]):
+                return False
+    return True
