@@ -1,0 +1,221 @@
+"""Numba kernels for the ranker: per-pair text features and flat tree-ensemble scoring.
+
+Plain arrays in and out, no objects, no global state, ``nogil`` and no ``prange``: both kernels run
+on the request path, possibly from several server threads at once.
+
+Tree-ensemble layout (see :class:`retrieval.ranker.Ranker`): all trees' nodes concatenated; tree
+``t`` owns nodes ``tree_ptr[t]:tree_ptr[t+1]`` and its root is ``tree_ptr[t]``; ``node_left`` /
+``node_right`` are *global* node ids; a leaf has ``node_feature == -1``. A split sends ``x`` left
+when ``x <= node_threshold`` (float64 comparison, as scikit-learn's predictors do) and a missing
+value (NaN) left when ``node_missing_left`` is 1.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit
+
+# Column order of the text block written by ``text_features`` (names in ranker_features).
+N_TEXT_FEATURES = 12
+
+
+@njit(cache=True, nogil=True)
+def _sorted_intersection(a, a_lo, a_hi, b):
+    """Size of the intersection of sorted unique ``a[a_lo:a_hi]`` and sorted unique ``b``."""
+    i = a_lo
+    j = 0
+    nb = b.shape[0]
+    n = 0
+    while i < a_hi and j < nb:
+        if a[i] == b[j]:
+            n += 1
+            i += 1
+            j += 1
+        elif a[i] < b[j]:
+            i += 1
+        else:
+            j += 1
+    return n
+
+
+@njit(cache=True, nogil=True)
+def text_features(
+    item_ids, q_terms, q_idf, q_seq, q_tri,
+    tok_flat, tok_ptr, tri_flat, tri_ptr, avg_len, k1, b, out,
+):
+    """Write the ``N_TEXT_FEATURES`` per-pair text features of every candidate into ``out``.
+
+    Parameters
+    ----------
+    item_ids : int32 (m,)
+    q_terms : int32 (nq,) distinct query terms (vocabulary ids, -1 = not in the vocabulary).
+    q_idf : float64 (nq,) their BM25 IDF.
+    q_seq : int32 (len,) the query's token ids in order, duplicates kept (phrase test).
+    q_tri : int64 (nt,) sorted distinct packed character trigrams of the query.
+    tok_flat, tok_ptr : item token ids (int32) in text order, ragged by item (int64 ptr).
+    tri_flat, tri_ptr : item trigram keys (int64), sorted distinct per item.
+    avg_len, k1, b : float BM25 constants.
+    out : float32 (m, >= N_TEXT_FEATURES), columns 0..N_TEXT_FEATURES-1 overwritten.
+    """
+    m = item_ids.shape[0]
+    nq = q_terms.shape[0]
+    n_seq = q_seq.shape[0]
+    n_qtri = q_tri.shape[0]
+    idf_total = 0.0
+    for j in range(nq):
+        idf_total += q_idf[j]
+    seq_known = n_seq > 0
+    for j in range(n_seq):
+        if q_seq[j] < 0:
+            seq_known = False
+    tf = np.zeros(nq, dtype=np.float64)
+    for r in range(m):
+        it = item_ids[r]
+        lo = tok_ptr[it]
+        hi = tok_ptr[it + 1]
+        dl = hi - lo
+        for j in range(nq):
+            tf[j] = 0.0
+        first = -1
+        n_item_matched = 0
+        for p in range(lo, hi):
+            t = tok_flat[p]
+            hit = False
+            for j in range(nq):
+                if q_terms[j] == t and t >= 0:
+                    tf[j] += 1.0
+                    hit = True
+                    break
+            if hit:
+                n_item_matched += 1
+                if first < 0:
+                    first = p - lo
+        bm25 = 0.0
+        n_matched = 0
+        idf_matched = 0.0
+        norm = k1 * (1.0 - b + b * dl / avg_len)
+        for j in range(nq):
+            if tf[j] > 0.0:
+                n_matched += 1
+                idf_matched += q_idf[j]
+                bm25 += q_idf[j] * tf[j] * (k1 + 1.0) / (tf[j] + norm)
+        phrase = 0.0
+        if seq_known and dl >= n_seq:
+            for s in range(lo, hi - n_seq + 1):
+                ok = True
+                for j in range(n_seq):
+                    if tok_flat[s + j] != q_seq[j]:
+                        ok = False
+                        break
+                if ok:
+                    phrase = 1.0
+                    break
+        tlo = tri_ptr[it]
+        thi = tri_ptr[it + 1]
+        n_itri = thi - tlo
+        inter = _sorted_intersection(tri_flat, tlo, thi, q_tri)
+        union = n_itri + n_qtri - inter
+        out[r, 0] = bm25
+        out[r, 1] = n_matched / nq if nq > 0 else 0.0
+        out[r, 2] = idf_matched / idf_total if idf_total > 0.0 else 0.0
+        out[r, 3] = phrase
+        out[r, 4] = inter / union if union > 0 else 0.0
+        out[r, 5] = inter / math.sqrt(n_itri * n_qtri) if n_itri > 0 and n_qtri > 0 else 0.0
+        out[r, 6] = inter / n_qtri if n_qtri > 0 else 0.0
+        out[r, 7] = n_seq
+        out[r, 8] = dl
+        out[r, 9] = 1.0 / (1.0 + first) if first >= 0 else 0.0
+        out[r, 10] = n_item_matched / dl if dl > 0 else 0.0
+        out[r, 11] = n_matched
+
+
+@njit(cache=True, nogil=True)
+def ensemble_score(X, tree_ptr, node_feature, node_threshold, node_left, node_right,
+                   node_value, node_missing_left, baseline, out):
+    """``out[i] = baseline + sum_t leaf_value_t(X[i])``, summed in float64 in tree order.
+
+    Trees are the outer loop so one tree's nodes stay in cache while every row walks it.
+    """
+    n = X.shape[0]
+    n_trees = tree_ptr.shape[0] - 1
+    for i in range(n):
+        out[i] = baseline
+    for t in range(n_trees):
+        root = tree_ptr[t]
+        for i in range(n):
+            node = root
+            while node_feature[node] >= 0:
+                x = np.float64(X[i, node_feature[node]])
+                if math.isnan(x):
+                    go_left = node_missing_left[node] != 0
+                else:
+                    go_left = x <= node_threshold[node]
+                node = node_left[node] if go_left else node_right[node]
+            out[i] += node_value[node]
+
+
+@njit(cache=True, nogil=True)
+def ensemble_leaves(X, tree_ptr, node_feature, node_threshold, node_left, node_right,
+                    node_missing_left, tree, out):
+    """Global leaf id reached by every row of ``X`` in tree ``tree`` (training: leaf refits)."""
+    for i in range(X.shape[0]):
+        node = tree_ptr[tree]
+        while node_feature[node] >= 0:
+            x = np.float64(X[i, node_feature[node]])
+            if math.isnan(x):
+                go_left = node_missing_left[node] != 0
+            else:
+                go_left = x <= node_threshold[node]
+            node = node_left[node] if go_left else node_right[node]
+        out[i] = node
+
+
+@njit(cache=True, nogil=True)
+def lambdarank_gradients(scores, gains, group_ptr, sigma, k, grad, hess):
+    """LambdaRank gradients of NDCG@k (Burges, MSR-TR-2010-82, Sec. 6-7), per query group.
+
+    ``grad`` / ``hess`` (float64, n) receive the negative-gradient "lambdas" (push up is positive)
+    and their second-order weights; ``gains`` (float64, n) are the NDCG gains of the items (the
+    caller picks ``2^label - 1`` or a linear gain), discount ``1 / log2(rank + 2)`` from the current
+    ranking by ``scores``; pairs with both items below rank ``k`` contribute nothing.
+    """
+    n_groups = group_ptr.shape[0] - 1
+    for i in range(grad.shape[0]):
+        grad[i] = 0.0
+        hess[i] = 0.0
+    for g in range(n_groups):
+        lo = group_ptr[g]
+        hi = group_ptr[g + 1]
+        m = hi - lo
+        if m < 2:
+            continue
+        order = np.argsort(-scores[lo:hi], kind="mergesort")
+        rank = np.empty(m, dtype=np.int64)
+        for r in range(m):
+            rank[order[r]] = r
+        ideal = np.sort(gains[lo:hi])[::-1]
+        idcg = 0.0
+        for r in range(min(k, m)):
+            idcg += ideal[r] / math.log2(r + 2.0)
+        if idcg <= 0.0:
+            continue
+        for a in range(m):
+            for c in range(m):
+                if gains[lo + a] <= gains[lo + c]:
+                    continue
+                ra = rank[a]
+                rc = rank[c]
+                if ra >= k and rc >= k:
+                    continue
+                da = 1.0 / math.log2(ra + 2.0) if ra < k else 0.0
+                dc = 1.0 / math.log2(rc + 2.0) if rc < k else 0.0
+                delta = abs((gains[lo + a] - gains[lo + c]) * (da - dc)) / idcg
+                diff = scores[lo + a] - scores[lo + c]
+                rho = 1.0 / (1.0 + math.exp(sigma * diff))
+                lam = sigma * rho * delta
+                h = sigma * sigma * rho * (1.0 - rho) * delta
+                grad[lo + a] += lam
+                grad[lo + c] -= lam
+                hess[lo + a] += h
+                hess[lo + c] += h

@@ -1,0 +1,126 @@
+"""Ranker features: the numba path equals the slow pure-Python twin; persistence; bad input."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.ranker_features import (
+    ITEM_STAT_NAMES, TEXT_FEATURE_NAMES, ItemTextIndex, candidate_features, feature_names,
+    item_stats_from_pairs, reference_candidate_features,
+)
+
+TEXTS = [
+    "simpson strong tie 12 gauge angle",
+    "behr premium textured deckover 1 gal sc 141 tugboat wood and concrete coating",
+    "rain shower head chrome",
+    "",
+    "shower shower head head",
+    "l bracket steel angle bracket",
+    "café crème brûlée torch",
+]
+
+
+def _reference(idx, texts, query, ids, arm, stats, proposed=None):
+    idf = {t: float(idx.idf[i]) for i, t in enumerate(idx.vocab)}
+    return reference_candidate_features(query, [texts[i] for i in ids], arm, idf, idx.unseen_idf,
+                                        idx.avg_len, stats[ids], arm_proposed=proposed)
+
+
+@pytest.mark.parametrize("query", [
+    "shower head", "head shower shower", "angle bracket", "brackt angle", "zzz unknown", "",
+    "Rain Shower-Head!", "crème brûlée", "a", "bracket steel angle bracket",
+])
+def test_numba_equals_reference_on_fixed_queries(query):
+    idx = ItemTextIndex.build(TEXTS)
+    rng = np.random.default_rng(0)
+    stats = rng.random((len(TEXTS), 3)).astype(np.float32)
+    ids = np.array([6, 0, 1, 2, 3, 4, 5], dtype=np.int32)
+    arm = np.where(rng.random((ids.size, 2)) < 0.5, 0.0, rng.random((ids.size, 2))).astype(np.float32)
+    got = candidate_features(query, ids, arm, idx, stats)
+    want = _reference(idx, TEXTS, query, ids, arm, stats)
+    assert got.shape == (ids.size, len(feature_names(["a", "b"])))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_numba_equals_reference_on_random_corpora():
+    rng = np.random.default_rng(1)
+    words = ["ab", "abc", "b", "ba", "cab", "x", "xy", "yx"]
+    for trial in range(30):
+        texts = [" ".join(rng.choice(words, size=rng.integers(0, 8))) for _ in range(12)]
+        idx = ItemTextIndex.build(texts)
+        stats = rng.random((12, 2)).astype(np.float32)
+        ids = rng.permutation(12)[: rng.integers(1, 13)].astype(np.int32)
+        arm = rng.random((ids.size, 3)).astype(np.float32)
+        proposed = rng.random((ids.size, 3)) < 0.5
+        query = " ".join(rng.choice(words + ["zz", "abd"], size=rng.integers(0, 5)))
+        got = candidate_features(query, ids, arm, idx, stats, arm_proposed=proposed)
+        want = _reference(idx, texts, query, ids, arm, stats, proposed)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-5, err_msg=f"trial {trial} query {query!r}")
+
+
+def test_bm25_matches_formula_on_three_documents():
+    texts = ["a b", "a a c", "c"]
+    idx = ItemTextIndex.build(texts)
+    n, avg = 3, 6 / 3
+    idf_a = np.log(1 + (n - 2 + 0.5) / (2 + 0.5))
+    k1, b = 1.2, 0.75
+    want = idf_a * 2 * (k1 + 1) / (2 + k1 * (1 - b + b * 3 / avg))
+    f = candidate_features("a", np.array([1], dtype=np.int32), np.zeros((1, 0), np.float32), idx,
+                           np.zeros((3, 0), np.float32))
+    assert abs(float(f[0, 0]) - want) < 1e-5
+    assert f[0, TEXT_FEATURE_NAMES.index("phrase")] == 1.0
+    assert f[0, TEXT_FEATURE_NAMES.index("first_match")] == 1.0
+    assert abs(f[0, TEXT_FEATURE_NAMES.index("item_coverage")] - 2 / 3) < 1e-6
+
+
+def test_round_trip_and_empty_candidates():
+    idx = ItemTextIndex.build(TEXTS)
+    params, arrays = idx.to_arrays()
+    ro = {k: v.copy() for k, v in arrays.items()}
+    for v in ro.values():
+        v.setflags(write=False)
+    idx2 = ItemTextIndex.from_arrays(params, ro)
+    stats = np.zeros((len(TEXTS), 1), np.float32)
+    ids = np.arange(len(TEXTS), dtype=np.int32)
+    arm = np.zeros((ids.size, 1), np.float32)
+    np.testing.assert_array_equal(candidate_features("shower head", ids, arm, idx, stats),
+                                  candidate_features("shower head", ids, arm, idx2, stats))
+    assert idx2.item_text(2) == TEXTS[2]
+    empty = candidate_features("x", np.zeros(0, np.int32), np.zeros((0, 1), np.float32), idx, stats)
+    assert empty.shape == (0, len(TEXT_FEATURE_NAMES) + 1 + 2)
+
+
+def test_item_stats_from_pairs():
+    s = item_stats_from_pairs(3, np.array([0, 0, 1]), np.array([5, 5, 6]), np.array([3.0, 1.0, 2.0]),
+                              prior_weight=2.0)
+    assert s.shape == (3, len(ITEM_STAT_NAMES))
+    np.testing.assert_allclose(s[:, 0], np.log1p([2, 1, 0]), atol=1e-6)
+    np.testing.assert_allclose(s[:, 1], np.log1p([1, 1, 0]), atol=1e-6)
+    np.testing.assert_allclose(s[:, 2], [(4 + 4) / 4, (2 + 4) / 3, 2.0], atol=1e-6)
+
+
+IDX = ItemTextIndex.build(TEXTS)
+STATS = np.zeros((len(TEXTS), 2), np.float32)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"item_ids": np.array([[0]])}, "item_ids must be 1-d"),
+    ({"item_ids": np.array([0.5])}, "item_ids must be integers"),
+    ({"item_ids": np.array([len(TEXTS)])}, "item_ids must be in"),
+    ({"item_ids": np.array([-1])}, "item_ids must be in"),
+    ({"arm_scores": np.zeros((2, 1), np.float32)}, "arm_scores must have shape"),
+    ({"item_stats": np.zeros((2, 2), np.float32)}, "item_stats must have shape"),
+    ({"arm_proposed": np.zeros((1, 2), bool)}, "arm_proposed must have shape"),
+])
+def test_invalid_input(kwargs, message):
+    args = {"query": "a", "item_ids": np.array([0], np.int32), "arm_scores": np.zeros((1, 1), np.float32),
+            "text_index": IDX, "item_stats": STATS, "arm_proposed": None}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=message):
+        candidate_features(**args)
+
+
+@pytest.mark.parametrize("kwargs, message", [({"k1": -1.0}, "k1"), ({"b": 1.5}, "b")])
+def test_invalid_index_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ItemTextIndex.build(TEXTS, **kwargs)
