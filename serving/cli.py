@@ -23,16 +23,19 @@ def _write_json(path: str, obj: dict) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from qac.build import build_completion
     from qac.config import BuildConfig
+    from retrieval.build import build_all
 
     overrides = json.loads(args.config) if args.config else {}
     if args.trie_depth is not None:
         overrides["trie_depth"] = args.trie_depth
     config = BuildConfig.from_dict({**BuildConfig().to_dict(), **overrides})
-    report = build_completion(args.log, args.out, config, since=args.since, until=args.until,
-                              progress=not args.quiet)
-    print(report.format())
+    result = build_all(args.log, args.out, completion_config=config, catalog=args.catalog, judgments=args.judgments,
+                       since=args.since, until=args.until, search=not args.no_search, progress=not args.quiet)
+    print(result["completion"].format())
+    for name, rep in result["search"].items():
+        secs = ", ".join(f"{k} {v:.1f} s" for k, v in rep["seconds"].items())
+        print(f"search {name}: {rep['n_items']:,} items, {rep['n_interactions']:,} interactions; {secs}")
     print(f"artifacts written to {args.out}")
     return 0
 
@@ -84,6 +87,32 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate_search(args: argparse.Namespace) -> int:
+    from serving.evaluate_search import evaluate_search_judgments, evaluate_search_log
+
+    def say(s):
+        print(s, file=sys.stderr, flush=True)
+
+    if bool(args.log) == bool(args.judgments):
+        raise ValueError("give exactly one of --log (AOL click replay) or --judgments (graded judgments)")
+    if args.log:
+        result = evaluate_search_log(args.artifacts, args.log, seed=args.seed, max_events=args.max_events, progress=say)
+        print(f"n_events={result['n_events']}  recall@20={result['recall@20']:.4f}  recall@100={result['recall@100']:.4f}  "
+              f"mrr@10={result['mrr@10']:.4f}  best fixed arm {result['best_fixed_arm']['name']} "
+              f"{result['best_fixed_arm']['recall@20']:.4f}  oracle single arm {result['oracle_single_arm']['recall@20']:.4f}")
+    else:
+        result = evaluate_search_judgments(args.artifacts, args.judgments, seed=args.seed, progress=say)
+        print(f"n_queries={result['n_queries']}  recall@100={result['recall@100']:.4f}  ndcg@10={result['ndcg@10']:.4f} "
+              f"(BM25 order {result['baselines']['bm25_order_ndcg@10']:.4f})")
+    for name, r in result["arms"].items():
+        print(f"  arm {name:<11} " + "  ".join(f"{k}={v:.4f}" for k, v in r.items()))
+    lat = result["latency_ms"]
+    print(f"  Search latency: p50={lat['p50']:.2f} ms  p99={lat['p99']:.2f} ms")
+    _write_json(args.json, result)
+    print(f"report written to {args.json}")
+    return 0
+
+
 def cmd_evaluate_sessions(args: argparse.Namespace) -> int:
     from qac.sessions_eval import evaluate_splitters, format_table
 
@@ -94,10 +123,20 @@ def cmd_evaluate_sessions(args: argparse.Namespace) -> int:
 
 
 def cmd_split(args: argparse.Namespace) -> int:
-    from qac.logs import split_log_file
+    if bool(args.log) == bool(args.judgments):
+        raise ValueError("give exactly one of --log (split at --at) or --judgments (split by search term)")
+    if args.log:
+        from qac.logs import split_log_file
 
-    split_log_file(args.log, args.train, args.test, args.at)
-    print(f"wrote {args.train} (before {args.at}) and {args.test} (from {args.at})")
+        if not args.at:
+            raise ValueError("--at is required with --log")
+        split_log_file(args.log, args.train, args.test, args.at)
+        print(f"wrote {args.train} (before {args.at}) and {args.test} (from {args.at})")
+    else:
+        from retrieval.splits import write_judgments_split
+
+        n_train, n_test = write_judgments_split(args.judgments, args.train, args.test, args.test_fraction, args.seed)
+        print(f"wrote {args.train} ({n_train} judgments) and {args.test} ({n_test}), split by search term")
     return 0
 
 
@@ -119,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--until", help="use events before this date (YYYY-MM-DD)")
     b.add_argument("--trie-depth", type=int, help="trie depth of the hybrid label tree")
     b.add_argument("--config", help="JSON object of BuildConfig overrides")
+    b.add_argument("--catalog", help="Home Depot products.tsv.gz (search over products; needs --judgments)")
+    b.add_argument("--judgments", help="Home Depot graded judgments (training part) for --catalog")
+    b.add_argument("--no-search", action="store_true", help="build the completion index only")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
     b.set_defaults(func=cmd_build)
 
@@ -173,14 +215,25 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--inference", help='JSON object of InferenceConfig overrides, e.g. \'{"beam_size": 20}\'; '
                     'PECOS behaviour: \'{"prefix_constrained": false, "suffix_completions": false}\'')
     ec.set_defaults(func=cmd_evaluate_completion)
+    eq = esub.add_parser("search", help="replay a click log through Search+Feedback, or score judgments")
+    eq.add_argument("--artifacts", required=True)
+    eq.add_argument("--log", help="AOL-format test log (replayed in time order; the bandit learns online)")
+    eq.add_argument("--judgments", help="Home Depot test judgments (search_term, product_uid, relevance)")
+    eq.add_argument("--json", required=True)
+    eq.add_argument("--seed", type=int, default=0)
+    eq.add_argument("--max-events", type=int, help="replay only the first N query events")
+    eq.set_defaults(func=cmd_evaluate_search)
     es = esub.add_parser("sessions", help="session splitter vs human session boundaries")
     es.add_argument("--gold", required=True, help="aol_gayo_avello_sessions.csv.gz")
     es.add_argument("--json", required=True)
     es.set_defaults(func=cmd_evaluate_sessions)
 
-    sp = sub.add_parser("split", help="split an AOL-format log at a date (dev splits)")
-    sp.add_argument("--log", required=True)
-    sp.add_argument("--at", required=True, help="YYYY-MM-DD: rows before go to --train, the rest to --test")
+    sp = sub.add_parser("split", help="dev splits: an AOL-format log at a date, or judgments by search term")
+    sp.add_argument("--log")
+    sp.add_argument("--at", help="YYYY-MM-DD: rows before go to --train, the rest to --test")
+    sp.add_argument("--judgments", help="judgments TSV to split by search term")
+    sp.add_argument("--test-fraction", type=float, default=0.2)
+    sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--train", required=True)
     sp.add_argument("--test", required=True)
     sp.set_defaults(func=cmd_split)

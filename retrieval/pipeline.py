@@ -1,0 +1,235 @@
+"""The retrieve-and-rank pipeline: arms -> policy -> union -> ranker (learning to rank and retrieve).
+
+One instance per item catalogue. For a query:
+
+1. every arm retrieves up to ``budget`` candidates (cheap: each arm is a memory-mapped index);
+2. context features (query length, frequency, whether the memory index knows the query, time of day,
+   weekend, session position) and per-arm features (result count, top score, score gap, the arm's
+   running hit rate) are computed;
+3. the contextual bandit chooses how many of each arm's candidates enter the union (total at most
+   ``budget``), logging the propensity of its choice;
+4. the learned ranker orders the union (features: every arm's score and membership, text match,
+   item statistics).
+
+Feedback (the clicked item) is turned into a reward per arm -- the rank of the clicked item in each
+arm's full list -- so the policy learns from it, and the online arms (memory index, popularity,
+user history) observe the click. Everything a later replay needs is in :class:`Retrieval`, so a
+logged decision can be re-applied exactly (durable state, ``serving.state``).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+from retrieval.arms.base import Context
+
+CONTEXT_FEATURES = ("bias", "log_query_chars", "n_words", "is_single_word", "has_digit", "looks_like_url",
+                    "log_query_freq", "in_memory", "hour_sin", "hour_cos", "weekend", "session_position",
+                    "has_user")
+ARM_FEATURES = ("has_results", "log_n_results", "top_score_rel", "score_gap_rel", "hit_rate")
+
+
+@dataclass
+class Retrieval:
+    """One query's retrieval and the bandit's decision (everything needed to replay its feedback).
+
+    Attributes
+    ----------
+    query : str
+        Normalised query.
+    arm_ids : list of int32 arrays
+        Each arm's full candidate list (length <= budget), best first.
+    arm_scores : list of float32 arrays
+    x : float32 (d_ctx,)
+    arm_x : float32 (n_arms, d_arm)
+    decision : retrieval.policy.Decision
+    union_ids : int32 (m,)
+        Union of each arm's top ``allocation[a]``, in first-seen order (arms in order).
+    """
+
+    query: str
+    budget: int
+    arm_ids: list
+    arm_scores: list
+    x: np.ndarray
+    arm_x: np.ndarray
+    decision: object
+    union_ids: np.ndarray
+
+    def arm_ranks(self, item_id: int) -> np.ndarray:
+        """0-based rank of ``item_id`` in every arm's full list, -1 where absent (int32 (n_arms,))."""
+        out = np.full(len(self.arm_ids), -1, dtype=np.int32)
+        for a, ids in enumerate(self.arm_ids):
+            hit = np.flatnonzero(ids == item_id)
+            if hit.size:
+                out[a] = hit[0]
+        return out
+
+
+def context_features(query: str, context: Context, query_freq: int, in_memory: bool) -> np.ndarray:
+    """Query/context features for the policy, float32 (len(CONTEXT_FEATURES),), roughly unit scale."""
+    words = query.split()
+    ts = context.timestamp
+    if ts:
+        t = time.gmtime(ts)
+        hour = t.tm_hour + t.tm_min / 60.0
+        weekend = 1.0 if t.tm_wday >= 5 else 0.0
+        hs, hc = math.sin(2 * math.pi * hour / 24), math.cos(2 * math.pi * hour / 24)
+    else:
+        hs = hc = weekend = 0.0
+    return np.array([
+        1.0,
+        math.log1p(len(query)) / 4.0,
+        min(len(words), 10) / 10.0,
+        1.0 if len(words) == 1 else 0.0,
+        1.0 if any(ch.isdigit() for ch in query) else 0.0,
+        1.0 if ("www" in words or "com" in words or "org" in words or "net" in words) else 0.0,
+        math.log1p(query_freq) / 8.0,
+        1.0 if in_memory else 0.0,
+        hs, hc, weekend,
+        min(context.session_position, 10) / 10.0,
+        1.0 if context.user_id else 0.0,
+    ], dtype=np.float32)
+
+
+def arm_features(arm_ids: Sequence[np.ndarray], arm_scores: Sequence[np.ndarray], budget: int,
+                 hit_rate: np.ndarray) -> np.ndarray:
+    """Per-arm features from the arms' lists, float32 (n_arms, len(ARM_FEATURES))."""
+    out = np.zeros((len(arm_ids), len(ARM_FEATURES)), dtype=np.float32)
+    for a, (ids, sc) in enumerate(zip(arm_ids, arm_scores)):
+        n = len(ids)
+        out[a, 0] = 1.0 if n else 0.0
+        out[a, 1] = math.log1p(n) / math.log1p(max(budget, 1))
+        if n:
+            top = float(sc[0])
+            scale = abs(top) + 1e-6
+            out[a, 2] = top / (scale + 1.0)
+            out[a, 3] = (top - float(sc[1])) / scale if n > 1 else 1.0
+        out[a, 4] = hit_rate[a]
+    return out
+
+
+def union_of(arm_ids: Sequence[np.ndarray], allocation: np.ndarray) -> np.ndarray:
+    """Union of each arm's top ``allocation[a]`` ids, first occurrence order (int32)."""
+    seen: dict[int, None] = {}
+    for ids, n in zip(arm_ids, allocation.tolist()):
+        for i in ids[:n].tolist():
+            seen.setdefault(i, None)
+    return np.fromiter(seen, dtype=np.int32, count=len(seen))
+
+
+def arm_score_matrix(arm_ids: Sequence[np.ndarray], arm_scores: Sequence[np.ndarray],
+                     item_ids: np.ndarray) -> np.ndarray:
+    """Score of each item in each arm's list, 0 where the arm did not propose it: float32 (m, n_arms)."""
+    pos = {int(i): r for r, i in enumerate(item_ids.tolist())}
+    out = np.zeros((len(item_ids), len(arm_ids)), dtype=np.float32)
+    for a, (ids, sc) in enumerate(zip(arm_ids, arm_scores)):
+        for i, s in zip(ids.tolist(), sc.tolist()):
+            r = pos.get(i)
+            if r is not None:
+                # 0 means "not proposed" to the ranker: keep a proposed item's score away from 0.
+                out[r, a] = s if s != 0 else 1e-6
+    return out
+
+
+class RetrieveAndRank:
+    """Arms -> policy -> union -> ranker over one item catalogue (one instance per catalogue).
+
+    Parameters
+    ----------
+    arms : list of Arm
+        In the order the ranker's arm features were trained with.
+    policy : retrieval.policy policy object
+        ``decide(x, arm_x, budget, rng)`` / ``update(x, arm_x, decision, arm_ranks)``.
+    ranker : object with ``score(features) -> float32 (m,)``
+    ranker_arms : list of str, optional
+        The arms whose scores/membership the ranker was trained with, in that order (default: all).
+    text_index : retrieval.ranker_features.ItemTextIndex
+    item_stats : float32 (n_items, n_stats)
+    query_freq : callable ``str -> int``
+        Training frequency of a normalised query (context feature).
+    in_memory : callable ``str -> bool``
+        Whether the memory index has observed clicks for the query.
+
+    Thread safety: ``retrieve``/``rank`` only read; ``feedback`` mutates the policy and the online
+    arms and must be serialised by the caller (the state store applies feedback under one lock).
+    """
+
+    def __init__(self, arms, policy, ranker, text_index, item_stats, query_freq, in_memory,
+                 ranker_arms: Sequence[str] | None = None):
+        self.arms = list(arms)
+        self.arm_names = [a.name for a in self.arms]
+        names = self.arm_names if ranker_arms is None else list(ranker_arms)
+        self.ranker_cols = np.array([self.arm_names.index(n) for n in names], dtype=np.int64)
+        self.policy = policy
+        self.ranker = ranker
+        self.text_index = text_index
+        self.item_stats = item_stats
+        self.query_freq = query_freq
+        self.in_memory = in_memory
+        self.hits = np.zeros(len(self.arms), dtype=np.float64)
+        self.n_feedback = 0
+
+    def hit_rate(self) -> np.ndarray:
+        """Running fraction of feedback events whose clicked item was in each arm's list (smoothed)."""
+        return ((self.hits + 1.0) / (self.n_feedback + 2.0)).astype(np.float32)
+
+    def retrieve(self, query: str, context: Context, budget: int, rng: np.random.Generator) -> Retrieval:
+        """Every arm's list, the policy's allocation and the candidate union for a normalised query."""
+        arm_ids, arm_scores = [], []
+        for arm in self.arms:
+            ids, sc = arm.retrieve(query, context, budget)
+            arm_ids.append(ids)
+            arm_scores.append(sc)
+        x = context_features(query, context, self.query_freq(query), self.in_memory(query))
+        ax = arm_features(arm_ids, arm_scores, budget, self.hit_rate())
+        decision = self.policy.decide(x, ax, budget, rng)
+        return Retrieval(query, budget, arm_ids, arm_scores, x, ax, decision,
+                         union_of(arm_ids, decision.allocation))
+
+    def rank(self, retrieval: Retrieval, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Top ``k`` of the union by the ranker: (ids int32, scores float32, proposed bool (k, n_arms))."""
+        ids = retrieval.union_ids
+        if ids.size == 0:
+            return ids, np.zeros(0, np.float32), np.zeros((0, len(self.arms)), bool)
+        scores_by_arm = arm_score_matrix(retrieval.arm_ids, retrieval.arm_scores, ids)
+        proposed = self._proposed(retrieval, ids)
+        feats = self.features(retrieval.query, ids, scores_by_arm, proposed)
+        scores = self.ranker.score(feats)
+        order = np.lexsort((ids, -scores))[:k]
+        return ids[order], scores[order].astype(np.float32), proposed[order]
+
+    def features(self, query: str, ids: np.ndarray, scores_by_arm: np.ndarray,
+                 proposed: np.ndarray | None = None) -> np.ndarray:
+        """Ranker features of candidates, restricted to the arms the ranker was trained with."""
+        from retrieval.ranker_features import candidate_features
+
+        cols = self.ranker_cols
+        return candidate_features(query, ids, scores_by_arm[:, cols], self.text_index, self.item_stats,
+                                  None if proposed is None else proposed[:, cols])
+
+    @staticmethod
+    def _proposed(retrieval: Retrieval, ids: np.ndarray) -> np.ndarray:
+        """Which arm put each union item into the union (within its allocation): bool (m, n_arms)."""
+        pos = {int(i): r for r, i in enumerate(ids.tolist())}
+        out = np.zeros((len(ids), len(retrieval.arm_ids)), dtype=bool)
+        for a, (aids, n) in enumerate(zip(retrieval.arm_ids, retrieval.decision.allocation.tolist())):
+            for i in aids[:n].tolist():
+                out[pos[int(i)], a] = True
+        return out
+
+    def feedback(self, retrieval: Retrieval, item_id: int, context: Context) -> float:
+        """Apply a click: policy reward per arm, online arms observe it. Returns the union reward (0/1)."""
+        ranks = retrieval.arm_ranks(item_id)
+        self.policy.update(retrieval.x, retrieval.arm_x, retrieval.decision, ranks)
+        self.hits += ranks >= 0
+        self.n_feedback += 1
+        for arm in self.arms:
+            observe = getattr(arm, "observe", None)
+            if observe is not None:
+                observe(retrieval.query, int(item_id), context)
+        return 1.0 if bool(np.any((ranks >= 0) & (ranks < retrieval.decision.allocation))) else 0.0

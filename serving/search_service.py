@@ -1,0 +1,292 @@
+"""The search service behind the gRPC servicer: retrieve-and-rank engines plus durable online state.
+
+``DIR/search/<catalog>/`` holds one search artifact per item catalogue (``retrieval.build``). Each is
+loaded into a :class:`retrieval.pipeline.RetrieveAndRank`. Every Search and Complete answer is logged
+as a decision in the state store (``serving.state``) before the call returns; every Feedback is
+committed, then applied to the online state (bandit, memory index, popularity, user history) in
+commit order, so a restart that loads the last snapshot and replays later events reaches exactly the
+acknowledged state. A decision's payload carries everything its feedback needs (query, context,
+policy features, allocation, propensity, each arm's list), so applying feedback never re-runs
+retrieval and replay is deterministic.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from qac.artifacts import arrays_to_strings, load_artifact
+from qac.text import normalize_query
+from retrieval.arms.base import Context
+from retrieval.catalog import Catalog
+from retrieval.pipeline import RetrieveAndRank, Retrieval
+from retrieval.policy import Decision
+from serving import state as st
+from serving.search_types import (
+    FeedbackOutcome,
+    SearchContext,
+    SearchHit,
+    SearchResult,
+    UnknownCatalog,
+    UnknownDecision,
+    UnknownItem,
+)
+
+logger = logging.getLogger(__name__)
+
+SEARCH_DIR = "search"
+
+
+def _arm_classes() -> dict:
+    from retrieval.arms.bm25 import BM25Arm
+    from retrieval.arms.chargram import CharGramArm
+    from retrieval.arms.history import UserHistoryArm
+    from retrieval.arms.memory import MemoryArm
+    from retrieval.arms.popularity import PopularityArm
+    from retrieval.arms.semantic import SemanticArm
+
+    return {c.name: c for c in (BM25Arm, CharGramArm, MemoryArm, SemanticArm, PopularityArm, UserHistoryArm)}
+
+
+def _policy_class(kind: str):
+    from retrieval import policy as P
+
+    return {"fixed": P.FixedPolicy, "epsilon_greedy": P.EpsilonGreedyLinear, "linucb": P.LinUCBPolicy,
+            "thompson": P.LinearThompsonPolicy}[kind]
+
+
+def _ranker_class(kind: str):
+    from retrieval import ranker as R
+
+    return {"Ranker": R.Ranker, "LinearRanker": R.LinearRanker}[kind]
+
+
+@dataclass
+class CatalogEngine:
+    """One catalogue: its items, its pipeline and its default candidate budget."""
+
+    name: str
+    catalog: Catalog
+    engine: RetrieveAndRank
+    budget: int
+    version: str
+
+
+def load_engine(path: Path) -> CatalogEngine:
+    """Load one ``search`` artifact directory into a :class:`CatalogEngine` (arrays memory-mapped)."""
+    from retrieval.ranker_features import ItemTextIndex
+
+    art = load_artifact(path, "search")
+    p = art.params
+    catalog = Catalog.from_arrays(*art.component("catalog"))
+    classes = _arm_classes()
+    arms = [classes[name].from_arrays(*art.component(f"arm_{name}")) for name in p["arms"]]
+    pp, pa = art.component("policy")
+    policy = _policy_class(pp["kind"]).from_arrays(pp, pa)
+    rp, ra = art.component("ranker")
+    ranker = _ranker_class(p["ranker_kind"]).from_arrays(rp, ra)
+    text_index = ItemTextIndex.from_arrays(*art.component("text_index"))
+    item_stats = np.asarray(art.component("item_stats")[1]["item_stats"])
+    qa = art.component("query_counts")[1]
+    counts = dict(zip(arrays_to_strings(qa["queries_flat"], qa["queries_ptr"]), np.asarray(qa["counts"]).tolist()))
+    engine = RetrieveAndRank(arms, policy, ranker, text_index, item_stats,
+                             query_freq=lambda q: counts.get(q, 0), in_memory=lambda q: q in counts,
+                             ranker_arms=p.get("ranker_arms"))
+    return CatalogEngine(p["catalog"], catalog, engine, int(p["config"]["default_budget"]),
+                         f"{p['catalog']}@{p.get('built_at', '')}")
+
+
+def retrieval_payload(name: str, r: Retrieval, ctx: Context, shown: list[str]) -> dict:
+    """JSON payload of a search decision: everything its feedback (and a replay) needs."""
+    d = r.decision
+    return {
+        "catalog": name, "query": r.query, "budget": r.budget,
+        "context": {"user_id": ctx.user_id, "timestamp": ctx.timestamp, "session_position": ctx.session_position},
+        "x": r.x.tolist(), "arm_x": r.arm_x.tolist(),
+        "action": d.action, "allocation": d.allocation.tolist(), "propensity": d.propensity, "explored": d.explored,
+        "arm_ids": [ids.tolist() for ids in r.arm_ids], "union": r.union_ids.tolist(), "shown": shown,
+    }
+
+
+def retrieval_from_payload(p: dict) -> tuple[Retrieval, Context]:
+    """Inverse of :func:`retrieval_payload` (scores are not needed for feedback and stay empty)."""
+    arm_ids = [np.asarray(ids, dtype=np.int32) for ids in p["arm_ids"]]
+    decision = Decision(int(p["action"]), np.asarray(p["allocation"], dtype=np.int32), float(p["propensity"]),
+                        bool(p["explored"]), int(p["budget"]))
+    r = Retrieval(p["query"], int(p["budget"]), arm_ids, [np.zeros(len(a), np.float32) for a in arm_ids],
+                  np.asarray(p["x"], dtype=np.float32), np.asarray(p["arm_x"], dtype=np.float32), decision,
+                  np.asarray(p["union"], dtype=np.int32))
+    c = p["context"]
+    return r, Context(user_id=c["user_id"], timestamp=int(c["timestamp"]), session_position=int(c["session_position"]))
+
+
+class SearchOnlineState:
+    """The online state of every catalogue (bandit, online arms, arm hit rates): a ``serving.state``
+    ``OnlineState``. ``apply`` is deterministic: it replays a committed feedback event from its
+    decision payload only."""
+
+    def __init__(self, engines: dict[str, CatalogEngine]):
+        self.engines = engines
+        self.n_completion_feedback = 0
+
+    def apply(self, event: st.FeedbackEvent) -> None:
+        if event.kind != "search":
+            self.n_completion_feedback += 1
+            return
+        ce = self.engines[event.decision["catalog"]]
+        r, ctx = retrieval_from_payload(event.decision)
+        item_id = ce.catalog.id_of(event.item)
+        ce.engine.feedback(r, item_id, ctx)
+
+    def _arrays(self) -> dict[str, np.ndarray]:
+        out = {"n_completion_feedback": np.array([self.n_completion_feedback], np.int64)}
+        for name, ce in self.engines.items():
+            e = ce.engine
+            for k, v in e.policy.state_arrays().items():
+                out[f"{name}/policy/{k}"] = np.asarray(v)
+            for arm in e.arms:
+                if hasattr(arm, "state_arrays"):
+                    for k, v in arm.state_arrays().items():
+                        out[f"{name}/arm_{arm.name}/{k}"] = np.asarray(v)
+            out[f"{name}/hits"] = e.hits.copy()
+            out[f"{name}/n_feedback"] = np.array([e.n_feedback], np.int64)
+        return out
+
+    def to_snapshot(self) -> bytes:
+        return st.pack_arrays(self._arrays(), {"catalogs": sorted(self.engines)})
+
+    def load_snapshot(self, blob: bytes) -> None:
+        _, arrays = st.unpack_arrays(blob)
+        self.n_completion_feedback = int(arrays["n_completion_feedback"][0])
+        for name, ce in self.engines.items():
+            e = ce.engine
+
+            def sub(prefix):
+                return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+            e.policy.load_state(sub(f"{name}/policy/"))
+            for arm in e.arms:
+                if hasattr(arm, "load_state"):
+                    arm.load_state(sub(f"{name}/arm_{arm.name}/"))
+            e.hits = np.array(arrays[f"{name}/hits"], dtype=np.float64)
+            e.n_feedback = int(arrays[f"{name}/n_feedback"][0])
+
+
+class SearchService:
+    """Implements the servicer's search interface (``serving.search_types.SearchServiceLike``)."""
+
+    def __init__(self, engines: dict[str, CatalogEngine], store: st.StateStore, seed: int | None = None):
+        if not engines:
+            raise ValueError("engines: no search catalogue to serve")
+        self.engines = engines
+        self.default_catalog = "aol" if "aol" in engines else sorted(engines)[0]
+        self.store = store
+        self.state = SearchOnlineState(engines)
+        self._seed = np.random.SeedSequence(seed)
+        self._local = threading.local()
+        self.recovery = store.recover(self.state)
+
+    def _rng(self) -> np.random.Generator:
+        rng = getattr(self._local, "rng", None)
+        if rng is None:
+            rng = self._local.rng = np.random.default_rng(self._seed.spawn(1)[0])
+        return rng
+
+    def engine(self, catalog: str) -> CatalogEngine:
+        name = catalog or self.default_catalog
+        ce = self.engines.get(name)
+        if ce is None:
+            raise UnknownCatalog(name, sorted(self.engines))
+        return ce
+
+    def search(self, query: str, context: SearchContext, k: int, catalog: str = "",
+               budget: int | None = None) -> SearchResult:
+        """Retrieve (bandit-chosen arms), rank, log the decision durably, return the top ``k``."""
+        return self.search_with_retrieval(query, context, k, catalog, budget)[0]
+
+    def search_with_retrieval(self, query: str, context: SearchContext, k: int, catalog: str = "",
+                              budget: int | None = None) -> tuple[SearchResult, Retrieval]:
+        """:meth:`search`, also returning the :class:`Retrieval` (arm lists, decision, union) for evaluation."""
+        ce = self.engine(catalog)
+        q = normalize_query(query)
+        ctx = Context(user_id=context.user_id, previous_queries=tuple(context.previous_queries),
+                      timestamp=int(context.timestamp), session_position=len(context.previous_queries))
+        r = ce.engine.retrieve(q, ctx, budget or ce.budget, self._rng())
+        ids, scores, proposed = ce.engine.rank(r, k)
+        keys = [ce.catalog.keys[i] for i in ids.tolist()]
+        decision_id = uuid.uuid4().hex
+        self.store.record_decision(decision_id, "search", retrieval_payload(ce.name, r, ctx, keys))
+        names = ce.engine.arm_names
+        hits = [SearchHit(key, ce.catalog.texts[i], float(s), tuple(n for n, m in zip(names, row) if m))
+                for key, i, s, row in zip(keys, ids.tolist(), scores.tolist(), proposed.tolist())]
+        return SearchResult(decision_id, hits, ce.version), r
+
+    def feedback(self, decision_id: str, clicked_item_id: str | None, accepted_suggestion: str | None,
+                 position: int, timestamp: int) -> FeedbackOutcome:
+        """Commit the event, then apply it to the online state (in commit order). Duplicates count once."""
+        item = clicked_item_id if clicked_item_id is not None else accepted_suggestion
+
+        def validate(event: st.FeedbackEvent) -> None:
+            if event.kind == "search":
+                if clicked_item_id is None:
+                    raise UnknownItem(item, "suggestion")
+                if self.engines[event.decision["catalog"]].catalog.id_of(item) is None:
+                    raise UnknownItem(item, "item")
+            elif accepted_suggestion is None or item not in event.decision.get("completions", ()):
+                raise UnknownItem(item, "suggestion")
+
+        try:
+            res = st.apply_feedback(self.store, self.state, decision_id, item, position,
+                                    {"timestamp": int(timestamp)}, validate=validate)
+        except st.UnknownDecision:
+            raise UnknownDecision(decision_id) from None
+        if res.duplicate:
+            return FeedbackOutcome(duplicate=True, reward=0.0)
+        ev = res.event
+        if ev.kind == "search":
+            ce = self.engines[ev.decision["catalog"]]
+            reward = 1.0 if ce.catalog.id_of(item) in set(ev.decision["union"]) else 0.0
+        else:
+            reward = 1.0
+        return FeedbackOutcome(duplicate=False, reward=reward)
+
+    def record_completion(self, context: SearchContext, prefix: str, completions: list[str]) -> str:
+        """Log a Complete answer as a decision (so Feedback can accept one of its suggestions)."""
+        decision_id = uuid.uuid4().hex
+        self.store.record_decision(decision_id, "complete", {
+            "prefix": prefix, "completions": list(completions), "user_id": context.user_id,
+            "timestamp": int(context.timestamp)})
+        return decision_id
+
+    def warmup(self) -> None:
+        for ce in self.engines.values():
+            for arm in ce.engine.arms:
+                arm.warmup()
+            warm = getattr(ce.engine.ranker, "warmup", None)
+            if warm is not None:
+                warm()
+            r = ce.engine.retrieve("warm up", Context(), ce.budget, np.random.default_rng(0))
+            ce.engine.rank(r, 10)
+
+    def close(self) -> None:
+        self.store.close(self.state)
+
+
+def load_search_service(artifacts_dir: str | os.PathLike, state_dir: str | os.PathLike | None = None) -> SearchService:
+    """Load every ``DIR/search/<catalog>`` artifact and open (or create) the state directory.
+
+    ``state_dir`` defaults to ``<artifacts_dir>.state`` beside the artifacts.
+    """
+    root = Path(artifacts_dir) / SEARCH_DIR
+    engines = {}
+    for path in sorted(p for p in root.iterdir() if (p / "manifest.json").is_file()):
+        ce = load_engine(path)
+        engines[ce.name] = ce
+    state = Path(state_dir) if state_dir else Path(str(Path(artifacts_dir).absolute()) + ".state")
+    state.mkdir(parents=True, exist_ok=True)
+    return SearchService(engines, st.StateStore(state))
