@@ -211,19 +211,31 @@ def test_kill_9_during_a_feedback_stream_loses_nothing_acknowledged(artifacts, a
         assert decision_id and items
         dup, _ = client.feedback(server2.target, *acked[0])
         assert dup  # already applied before the crash: counted once
+        # Complete attaches to its top completions the first results of searching them (same path).
+        completions = client.complete(server2.target, "weather", [], k=5, preview_k=2, preview_completions=2,
+                                      catalog="aol")
+        assert len(completions) == 5
+        for text, _, _, preview_id, items in completions[:2]:
+            assert preview_id and 1 <= len(items) <= 2
+            assert all(item_id and arms for item_id, _, _, arms in items)
+            # the preview's decision is a real logged search decision: feedback on it is accepted
+            assert client.feedback(server2.target, preview_id, clicked_item_id=items[0][0]) == (False, 1.0)
+        assert all(not preview_id for *_, preview_id, _ in completions[2:])
     finally:
         assert server2.stop() == 0
 
-    # The recovered in-memory state equals a from-scratch replay of the committed log.
+    # The recovered in-memory state equals a from-scratch replay of the whole committed log.
     recovered = _service(artifacts, state_dir)
     try:
         rec = recovered.state._arrays()
-        assert recovered.recovery.last_seq == events[-1].seq  # the restart added no feedback event
+        all_events = list(recovered.store.events_after(0))
+        assert recovered.recovery.last_seq == all_events[-1].seq
+        assert all_events[:len(events)] == events  # the log before the crash is untouched
     finally:
         recovered.store.close()
     fresh = _service(artifacts, tmp_path / "fresh")
     try:
-        for e in events:
+        for e in all_events:
             fresh.state.apply(e)
         replayed = fresh.state._arrays()
     finally:
