@@ -191,8 +191,10 @@ def build_search_aol(log, out_dir: Path, config: SearchBuildConfig = SearchBuild
     # trees took ~550 s on one week of clicks; this fits in seconds.
     rcfg = RankerConfig(objective="regression", n_trees=100, learning_rate=0.1, max_leaf_nodes=31,
                         min_samples_leaf=40, seed=config.seed)
+    # Candidate generation (every arm, every event) dominates: cap the training events and keep a
+    # small internal test share (the real evaluation is `qac evaluate search`).
     ranker, text_index, rep = build_aol_ranker(catalog, events, arms=arms, budget=ranker_budget, config=rcfg,
-                                               seed=config.seed)
+                                               seed=config.seed, test_fraction=0.05, max_train_groups=20_000)
     timings["ranker"] = time.perf_counter() - t
     report = {"n_items": catalog.n_items, "n_interactions": len(inter.queries), "seconds": timings,
               "ranker": {k: v for k, v in rep.items() if k in ("test", "config", "n_train_groups", "n_test_groups")}}

@@ -168,7 +168,7 @@ def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budge
                 ndcgs.append(_ndcg10(eng.ranker.score(feats), grades))
                 bm25_ndcgs.append(_ndcg10(feats[:, 0], grades))
                 for item in sorted(relevant):
-                    svc.feedback(res.decision_id, ce.catalog.keys[item], None, 0, 0)
+                    svc.feedback(res.decision_id, ce.catalog.key(item), None, 0, 0)
                 if progress and (qi + 1) % 500 == 0:
                     progress(f"  {qi + 1:,}/{len(by_query):,} queries")
         finally:

@@ -218,11 +218,11 @@ class SearchService:
                       timestamp=int(context.timestamp), session_position=len(context.previous_queries))
         r = ce.engine.retrieve(q, ctx, budget or ce.budget, self._rng())
         ids, scores, proposed = ce.engine.rank(r, k)
-        keys = [ce.catalog.keys[i] for i in ids.tolist()]
+        keys = [ce.catalog.key(i) for i in ids.tolist()]
         decision_id = uuid.uuid4().hex
         self.store.record_decision(decision_id, "search", retrieval_payload(ce.name, r, ctx, keys))
         names = ce.engine.arm_names
-        hits = [SearchHit(key, ce.catalog.texts[i], float(s), tuple(n for n, m in zip(names, row) if m))
+        hits = [SearchHit(key, ce.catalog.text(i), float(s), tuple(n for n, m in zip(names, row) if m))
                 for key, i, s, row in zip(keys, ids.tolist(), scores.tolist(), proposed.tolist())]
         return SearchResult(decision_id, hits, ce.version), r
 
