@@ -63,7 +63,8 @@ class Interactions:
 class SearchBuildConfig:
     """Search build parameters (the one place their defaults live)."""
 
-    policy: PolicyConfig = PolicyConfig()
+    # Joint per-allocation model: 0.510 vs 0.490 (per-arm noisy-or) union recall@20 on the AOL dev replay.
+    policy: PolicyConfig = PolicyConfig(kind="joint")
     default_budget: int = 100
     seed: int = 0
 

@@ -57,7 +57,7 @@ def _policy_class(kind: str):
     from retrieval import policy as P
 
     return {"fixed": P.FixedPolicy, "epsilon_greedy": P.EpsilonGreedyLinear, "linucb": P.LinUCBPolicy,
-            "thompson": P.LinearThompsonPolicy}[kind]
+            "thompson": P.LinearThompsonPolicy, "joint": P.JointRidgePolicy}[kind]
 
 
 def _ranker_class(kind: str):

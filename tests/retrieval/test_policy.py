@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from retrieval import _policy_kernels as K
-from retrieval.policy import (DEFAULT_POLICY_KIND, Decision, EpsilonGreedyLinear, FixedPolicy, LinearThompsonPolicy,
+from retrieval.policy import (DEFAULT_POLICY_KIND, Decision, EpsilonGreedyLinear, FixedPolicy, JointRidgePolicy,
+                              LinearThompsonPolicy,
                               LinUCBPolicy, PolicyConfig, allocation_menu, build_policy, menu_fractions,
                               menu_levels)
 from tests.retrieval.policy_contract import BanditSimulator, PolicyContract, run_policy
@@ -218,6 +219,27 @@ class TestLinearThompsonPolicy(PolicyContract):
         kw.setdefault("epsilon", 0.2)
         kw.setdefault("posterior_scale", 1.0)
         return LinearThompsonPolicy(self.n_arms, self.d_ctx, self.d_arm, PolicyConfig(kind="thompson", **kw))
+
+
+class TestJointRidgePolicy(PolicyContract):
+    def make_policy(self, **kw):
+        kw.setdefault("epsilon", 0.2)
+        return JointRidgePolicy(self.n_arms, self.d_ctx, self.d_arm, PolicyConfig(kind="joint", **kw))
+
+
+def test_joint_policy_learns_overlapping_arms():
+    """Two arms that return the same items: splitting the budget between them wins nothing, so the
+    joint model must prefer giving the whole budget to the arm that ranks the click higher."""
+    from retrieval.policy import allocation_menu
+
+    p = JointRidgePolicy(2, 1, 1, PolicyConfig(kind="joint", epsilon=0.0))
+    x, ax = np.ones(1, np.float32), np.zeros((2, 1), np.float32)
+    menu = allocation_menu(2, 20)
+    for _ in range(200):
+        d = p.decide(x, ax, 20, np.random.default_rng(0))
+        p.update(x, ax, d, np.array([14, 14]))  # the click is 15th in both lists
+    best = menu[p.decide(x, ax, 20, np.random.default_rng(0)).action]
+    assert best.max() >= 15  # a half/half split (10 + 10) would miss it
 
 
 # ---------------------------------------------------------------------------------------------
