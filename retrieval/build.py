@@ -63,7 +63,7 @@ class Interactions:
 class SearchBuildConfig:
     """Search build parameters (the one place their defaults live)."""
 
-    # Joint per-allocation model: 0.510 vs 0.490 (per-arm noisy-or) union recall@20 on the AOL dev replay.
+    # Joint per-allocation model: 0.509 vs 0.490 (per-arm noisy-or) union recall@20 on the AOL dev replay.
     policy: PolicyConfig = PolicyConfig(kind="joint")
     default_budget: int = 100
     seed: int = 0
