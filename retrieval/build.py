@@ -168,7 +168,8 @@ def write_search_artifact(out_dir: Path, name: str, catalog: Catalog, arms: list
     for arm in arms:
         components[f"arm_{arm.name}"] = arm.to_arrays()
     params = {"catalog": name, "arms": [a.name for a in arms], "ranker_kind": type(ranker).__name__,
-              "ranker_arms": report.get("ranker_arms"), "config": asdict(config), "report": _jsonable(report),
+              "ranker_arms": report.get("ranker_arms"), "ranker_budget": report.get("ranker_budget"),
+              "config": asdict(config), "report": _jsonable(report),
               "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_artifact_files(out_dir, ARTIFACT_KIND, params, components)
 
@@ -201,7 +202,7 @@ def build_search_aol(log, out_dir: Path, config: SearchBuildConfig = SearchBuild
               "ranker": {k: v for k, v in rep.items() if k in ("test", "config", "n_train_groups", "n_test_groups")}}
     out_dir.mkdir(parents=True, exist_ok=False)
     write_search_artifact(out_dir, "aol", catalog, arms, ranker, text_index, rep["item_stats"], inter, config,
-                          {**report, "ranker_arms": [a.name for a in arms]})
+                          {**report, "ranker_arms": [a.name for a in arms], "ranker_budget": ranker_budget})
     report["seconds"]["total"] = time.perf_counter() - t0
     return report
 

@@ -122,20 +122,6 @@ def union_of(arm_ids: Sequence[np.ndarray], allocation: np.ndarray) -> np.ndarra
     return np.fromiter(seen, dtype=np.int32, count=len(seen))
 
 
-def arm_score_matrix(arm_ids: Sequence[np.ndarray], arm_scores: Sequence[np.ndarray],
-                     item_ids: np.ndarray) -> np.ndarray:
-    """Score of each item in each arm's list, 0 where the arm did not propose it: float32 (m, n_arms)."""
-    pos = {int(i): r for r, i in enumerate(item_ids.tolist())}
-    out = np.zeros((len(item_ids), len(arm_ids)), dtype=np.float32)
-    for a, (ids, sc) in enumerate(zip(arm_ids, arm_scores)):
-        for i, s in zip(ids.tolist(), sc.tolist()):
-            r = pos.get(i)
-            if r is not None:
-                # 0 means "not proposed" to the ranker: keep a proposed item's score away from 0.
-                out[r, a] = s if s != 0 else 1e-6
-    return out
-
-
 class RetrieveAndRank:
     """Arms -> policy -> union -> ranker over one item catalogue (one instance per catalogue).
 
@@ -148,6 +134,9 @@ class RetrieveAndRank:
     ranker : object with ``score(features) -> float32 (m,)``
     ranker_arms : list of str, optional
         The arms whose scores/membership the ranker was trained with, in that order (default: all).
+    ranker_budget : int, optional
+        How deep into each arm's list the ranker's arm features looked at training time; serving
+        uses the same depth (default: the whole list).
     text_index : retrieval.ranker_features.ItemTextIndex
     item_stats : float32 (n_items, n_stats)
     query_freq : callable ``str -> int``
@@ -160,11 +149,12 @@ class RetrieveAndRank:
     """
 
     def __init__(self, arms, policy, ranker, text_index, item_stats, query_freq, in_memory,
-                 ranker_arms: Sequence[str] | None = None):
+                 ranker_arms: Sequence[str] | None = None, ranker_budget: int | None = None):
         self.arms = list(arms)
         self.arm_names = [a.name for a in self.arms]
         names = self.arm_names if ranker_arms is None else list(ranker_arms)
         self.ranker_cols = np.array([self.arm_names.index(n) for n in names], dtype=np.int64)
+        self.ranker_budget = ranker_budget
         self.policy = policy
         self.ranker = ranker
         self.text_index = text_index
@@ -196,30 +186,31 @@ class RetrieveAndRank:
         ids = retrieval.union_ids
         if ids.size == 0:
             return ids, np.zeros(0, np.float32), np.zeros((0, len(self.arms)), bool)
-        scores_by_arm = arm_score_matrix(retrieval.arm_ids, retrieval.arm_scores, ids)
-        proposed = self._proposed(retrieval, ids)
-        feats = self.features(retrieval.query, ids, scores_by_arm, proposed)
-        scores = self.ranker.score(feats)
+        scores = self.ranker.score(self.features(retrieval, ids))
         order = np.lexsort((ids, -scores))[:k]
-        return ids[order], scores[order].astype(np.float32), proposed[order]
+        return ids[order], scores[order].astype(np.float32), self._proposed(retrieval, ids[order])
 
-    def features(self, query: str, ids: np.ndarray, scores_by_arm: np.ndarray,
-                 proposed: np.ndarray | None = None) -> np.ndarray:
-        """Ranker features of candidates, restricted to the arms the ranker was trained with."""
-        from retrieval.ranker_features import candidate_features
+    def features(self, retrieval: Retrieval, ids: np.ndarray) -> np.ndarray:
+        """Ranker features of candidates ``ids`` for a retrieval, exactly as the ranker was trained:
+        the trained-with arms' scores in their top ``ranker_budget`` (0 = not proposed)."""
+        from retrieval.ranker_features import arm_score_matrix, candidate_features
 
-        cols = self.ranker_cols
-        return candidate_features(query, ids, scores_by_arm[:, cols], self.text_index, self.item_stats,
-                                  None if proposed is None else proposed[:, cols])
+        cols = self.ranker_cols.tolist()
+        scores_by_arm = arm_score_matrix([retrieval.arm_ids[c] for c in cols],
+                                         [retrieval.arm_scores[c] for c in cols], ids, self.ranker_budget)
+        return candidate_features(retrieval.query, ids, scores_by_arm, self.text_index, self.item_stats)
 
     @staticmethod
     def _proposed(retrieval: Retrieval, ids: np.ndarray) -> np.ndarray:
-        """Which arm put each union item into the union (within its allocation): bool (m, n_arms)."""
+        """Which arms put each of ``ids`` into the union (within their allocation): bool (m, n_arms).
+        Reported with each hit; the ranker's own arm features are :meth:`features`."""
         pos = {int(i): r for r, i in enumerate(ids.tolist())}
         out = np.zeros((len(ids), len(retrieval.arm_ids)), dtype=bool)
         for a, (aids, n) in enumerate(zip(retrieval.arm_ids, retrieval.decision.allocation.tolist())):
             for i in aids[:n].tolist():
-                out[pos[int(i)], a] = True
+                r = pos.get(int(i))
+                if r is not None:
+                    out[r, a] = True
         return out
 
     def feedback(self, retrieval: Retrieval, item_id: int, context: Context) -> float:

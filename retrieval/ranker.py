@@ -30,7 +30,7 @@ import numpy as np
 from retrieval.arms.base import Context
 from retrieval import _ranker_kernels as K
 from retrieval.ranker_features import (
-    ITEM_STAT_NAMES, ItemTextIndex, candidate_features, feature_names, item_stats_from_pairs,
+    ITEM_STAT_NAMES, ItemTextIndex, arm_score_matrix, candidate_features, feature_names, item_stats_from_pairs,
 )
 
 __all__ = [
@@ -434,20 +434,13 @@ def mrr_at_k(scores: np.ndarray, labels: np.ndarray, group_ptr: np.ndarray, k: i
 
 def _arm_score_matrix(arms, query, item_ids, budget, context):
     """(m, n_arms) scores of ``item_ids`` in every arm's top ``budget`` (0 when absent)."""
-    out = np.zeros((len(item_ids), len(arms)), dtype=np.float32)
     if not arms:
-        return out
+        return np.zeros((len(item_ids), 0), dtype=np.float32)
     from retrieval.arms.base import EMPTY_CONTEXT
 
     context = EMPTY_CONTEXT if context is None else context
-    pos = {int(i): r for r, i in enumerate(item_ids)}
-    for a, arm in enumerate(arms):
-        ids, scores = arm.retrieve(query, context, budget)
-        for i, s in zip(ids.tolist(), scores.tolist()):
-            r = pos.get(i)
-            if r is not None:
-                out[r, a] = s
-    return out
+    lists = [arm.retrieve(query, context, budget) for arm in arms]
+    return arm_score_matrix([ids for ids, _ in lists], [sc for _, sc in lists], item_ids)
 
 
 @dataclass
@@ -695,10 +688,8 @@ def build_aol_ranker(catalog, click_events, *, arms: Sequence = (), budget: int 
             q = k[2]
             clicked = events[k]
             pos: dict[int, int] = {}
-            cols = []
-            for a, arm in enumerate(arms):
-                ids, sc = arm.retrieve(q, Context(user_id=k[1], timestamp=k[0]), budget)
-                cols.append(dict(zip(ids.tolist(), sc.tolist())))
+            lists = [arm.retrieve(q, Context(user_id=k[1], timestamp=k[0]), budget) for arm in arms]
+            for ids, _ in lists:
                 for i in ids.tolist():
                     pos.setdefault(i, len(pos))
             for i in popular.tolist():
@@ -707,10 +698,7 @@ def build_aol_ranker(catalog, click_events, *, arms: Sequence = (), budget: int 
                 for i in sorted(clicked):
                     pos.setdefault(i, len(pos))
             ids = np.fromiter(pos, dtype=np.int32, count=len(pos))
-            arm_scores = np.zeros((ids.size, len(arms)), dtype=np.float32)
-            for a, col in enumerate(cols):
-                for r, i in enumerate(ids.tolist()):
-                    arm_scores[r, a] = col.get(i, 0.0)
+            arm_scores = arm_score_matrix([a for a, _ in lists], [sc for _, sc in lists], ids)
             X_blocks.append(candidate_features(q, ids, arm_scores, text_index, stats))
             y_blocks.append(np.array([1.0 if i in clicked else 0.0 for i in ids.tolist()]))
             ids_blocks.append(ids)

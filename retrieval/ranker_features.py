@@ -38,7 +38,7 @@ from qac.text import normalize_query
 from retrieval import _ranker_kernels as K
 
 __all__ = [
-    "ItemTextIndex", "candidate_features", "feature_names", "item_stats_from_pairs",
+    "ItemTextIndex", "arm_score_matrix", "candidate_features", "feature_names", "item_stats_from_pairs",
     "reference_candidate_features", "TEXT_FEATURE_NAMES", "ITEM_STAT_NAMES",
 ]
 
@@ -243,6 +243,28 @@ def feature_names(arm_names: Sequence[str] = (), stat_names: Sequence[str] = ITE
     """Column names of :func:`candidate_features` for these arms and item statistics."""
     return (list(TEXT_FEATURE_NAMES) + [f"stat:{s}" for s in stat_names]
             + [f"arm_score:{a}" for a in arm_names] + [f"arm_proposed:{a}" for a in arm_names])
+
+
+def arm_score_matrix(arm_ids: Sequence[np.ndarray], arm_scores: Sequence[np.ndarray], item_ids: np.ndarray,
+                     top: int | None = None) -> np.ndarray:
+    """Each candidate's score in each arm's list (its first ``top`` entries), 0 where absent.
+
+    The arm block of :func:`candidate_features` at training time (``retrieval.ranker`` retrieves the
+    lists) and at serving time (``retrieval.pipeline`` already has them): one definition, so the
+    "proposed" indicators (``score != 0``) mean the same thing in both.
+
+    Returns
+    -------
+    float32 array of shape (len(item_ids), len(arm_ids)).
+    """
+    pos = {int(i): r for r, i in enumerate(np.asarray(item_ids).tolist())}
+    out = np.zeros((len(pos), len(arm_ids)), dtype=np.float32)
+    for a, (ids, sc) in enumerate(zip(arm_ids, arm_scores)):
+        for i, s in zip(ids[:top].tolist(), sc[:top].tolist()):
+            r = pos.get(i)
+            if r is not None:
+                out[r, a] = s
+    return out
 
 
 def _check_inputs(item_ids, arm_scores, text_index, item_stats, arm_proposed):

@@ -136,8 +136,6 @@ def _ndcg10(scores: np.ndarray, grades: np.ndarray) -> float:
 
 def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budget: int = 100, progress=None) -> dict:
     """The JSON report of ``qac evaluate search --judgments`` (see module doc)."""
-    from retrieval.pipeline import arm_score_matrix
-
     judgments = load_judgments(test_judgments)
     by_query: dict[str, list] = defaultdict(list)
     for j in judgments:
@@ -164,7 +162,7 @@ def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budge
                     recalls.append(len(relevant & union) / len(relevant))
                     for a, aids in zip(names, r.arm_ids):
                         arm_recalls[a].append(len(relevant & set(aids[:budget].tolist())) / len(relevant))
-                feats = eng.features(q, ids, arm_score_matrix(r.arm_ids, r.arm_scores, ids))
+                feats = eng.features(r, ids)
                 ndcgs.append(_ndcg10(eng.ranker.score(feats), grades))
                 bm25_ndcgs.append(_ndcg10(feats[:, 0], grades))
                 for item in sorted(relevant):

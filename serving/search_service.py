@@ -96,7 +96,7 @@ def load_engine(path: Path) -> CatalogEngine:
     counts = dict(zip(arrays_to_strings(qa["queries_flat"], qa["queries_ptr"]), np.asarray(qa["counts"]).tolist()))
     engine = RetrieveAndRank(arms, policy, ranker, text_index, item_stats,
                              query_freq=lambda q: counts.get(q, 0), in_memory=lambda q: q in counts,
-                             ranker_arms=p.get("ranker_arms"))
+                             ranker_arms=p.get("ranker_arms"), ranker_budget=p.get("ranker_budget"))
     return CatalogEngine(p["catalog"], catalog, engine, int(p["config"]["default_budget"]),
                          f"{p['catalog']}@{p.get('built_at', '')}")
 
