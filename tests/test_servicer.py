@@ -443,7 +443,7 @@ def test_request_limits_reject_bad_values(field, value):
 def test_request_limits_default_previews_within_max():
     with pytest.raises(ValueError, match="default_preview_completions"):
         RequestLimits(max_preview_completions=2)  # default 3 > max 2
-    assert RequestLimits(max_preview_completions=2, default_preview_completions=2)
+    assert RequestLimits(max_preview_completions=2, default_preview_completions=2).default_preview_completions == 2
 
 
 def test_custom_limits_are_enforced(start_server, channel_to):

@@ -63,7 +63,8 @@ def test_linear_ranker_learns_and_round_trips():
     X, y, gp = _synthetic(3)
     lin = LinearRanker().fit(X, y, gp)
     Xt, yt, gpt = _synthetic(4)
-    assert ndcg_at_k(lin.score(Xt), yt, gpt)[0] > ndcg_at_k(-X[:, 0][: len(yt)], yt, gpt)[0]
+    random = ndcg_at_k(np.random.default_rng(0).random(len(yt)), yt, gpt)[0]
+    assert ndcg_at_k(lin.score(Xt), yt, gpt)[0] > random + 0.1
     params, arrays = lin.to_arrays()
     np.testing.assert_array_equal(LinearRanker.from_arrays(params, arrays).score(Xt), lin.score(Xt))
 
@@ -164,5 +165,5 @@ def test_build_aol_ranker_smoke():
     ranker, index, report = build_aol_ranker(catalog, events, budget=10, n_popular=5,
                                              config=RankerConfig(n_trees=10, min_samples_leaf=5))
     assert report["n_events"]["test"] == 120
-    assert 0.0 <= report["test_mrr@10"]["ranker"] <= 1.0
+    assert report["test_mrr@10"]["ranker"] > report["test_mrr@10"]["popularity"]
     assert report["test_mrr@10"]["bm25"] > 0.5
