@@ -175,7 +175,7 @@ class MostPopularCompletion:
             Training frequency of each query; coerced to int64.
         n_stored : int, default 32
             Completions stored per heavy prefix.
-        heavy_threshold : int, default 64
+        heavy_threshold : int, default 16
             A prefix completed by more than this many queries is heavy (gets a stored row).
 
         Returns

@@ -156,22 +156,6 @@ def ensemble_score(X, tree_ptr, node_feature, node_threshold, node_left, node_ri
 
 
 @njit(cache=True, nogil=True)
-def ensemble_leaves(X, tree_ptr, node_feature, node_threshold, node_left, node_right,
-                    node_missing_left, tree, out):
-    """Global leaf id reached by every row of ``X`` in tree ``tree`` (training: leaf refits)."""
-    for i in range(X.shape[0]):
-        node = tree_ptr[tree]
-        while node_feature[node] >= 0:
-            x = np.float64(X[i, node_feature[node]])
-            if math.isnan(x):
-                go_left = node_missing_left[node] != 0
-            else:
-                go_left = x <= node_threshold[node]
-            node = node_left[node] if go_left else node_right[node]
-        out[i] = node
-
-
-@njit(cache=True, nogil=True)
 def lambdarank_gradients(scores, gains, group_ptr, sigma, k, grad, hess):
     """LambdaRank gradients of NDCG@k (Burges, MSR-TR-2010-82, Sec. 6-7), per query group.
 

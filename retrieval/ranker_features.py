@@ -36,6 +36,7 @@ import numpy as np
 from qac.artifacts import arrays_to_strings, strings_to_arrays
 from qac.text import normalize_query
 from retrieval import _ranker_kernels as K
+from retrieval.arms.bm25 import bm25_idf
 
 __all__ = [
     "ItemTextIndex", "arm_score_matrix", "candidate_features", "feature_names", "item_stats_from_pairs",
@@ -60,10 +61,6 @@ def _trigram_keys(text: str) -> list[int]:
     cps = [ord(c) + 1 for c in padded]
     keys = {(cps[i] << (2 * _CP_BITS)) | (cps[i + 1] << _CP_BITS) | cps[i + 2] for i in range(len(cps) - 2)}
     return sorted(keys)
-
-
-def _bm25_idf(df, n_docs):
-    return np.log1p((n_docs - df + 0.5) / (df + 0.5))
 
 
 class ItemTextIndex:
@@ -102,7 +99,7 @@ class ItemTextIndex:
         self.n_items = len(self.tok_ptr) - 1
         lengths = np.diff(self.tok_ptr)
         self.avg_len = float(lengths.mean()) if self.n_items and lengths.sum() > 0 else 1.0
-        self.unseen_idf = float(np.float32(_bm25_idf(0.0, self.n_items)))
+        self.unseen_idf = float(np.float32(bm25_idf(0.0, self.n_items)))
         self._idf_list = self.idf.tolist()
         # Bounded per-index cache of query arrays: Search and Complete previews repeat queries.
         self._query_cache: dict = {}
@@ -125,7 +122,7 @@ class ItemTextIndex:
         if tok_flat.size:
             pairs = np.unique(item_of * max(len(vocab), 1) + tok_flat)
             np.add.at(df, pairs % max(len(vocab), 1), 1.0)
-        idf = _bm25_idf(df, n).astype(np.float32)
+        idf = bm25_idf(df, n).astype(np.float32)
         tri_flat, tri_ptr = cls._build_trigrams(texts)
         return cls(vocab, idf, tok_flat, tok_ptr, tri_flat, tri_ptr, k1=k1, b=b)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import gzip
 import random
-import re
 from collections import Counter
 from itertools import islice
 
@@ -13,14 +12,7 @@ import pytest
 
 from qac.mpc import MostPopularCompletion
 
-try:
-    from qac.text import normalize_query
-except ImportError:  # pragma: no cover - only while qac.text is being written
-    _NON_WORD = re.compile(r"\W+")
-
-    def normalize_query(raw: str) -> str:
-        tokens = (_NON_WORD.sub("", t) for w in raw.split() for t in w.split("."))
-        return " ".join(t for t in tokens if t).lower().strip()
+from qac.text import normalize_query
 
 
 KS = (1, 5, 10, 50, 100)

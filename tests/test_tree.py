@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import bisect
 import gzip
-import re
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from qac.features import CharTfidf
+from qac.text import normalize_query
 from qac.xmr import _tree_kernels
 from qac.xmr.tree import END, LabelTree, TreeConfig, build_label_tree
 
@@ -218,7 +219,7 @@ def test_seed_example_trie():
 
 def test_seed_example_kmeans():
     config = TreeConfig(kind="kmeans", max_leaf_size=2)
-    tree = build_label_tree(SEED_LABELS, simple_char_tfidf(SEED_LABELS), config)
+    tree = build_label_tree(SEED_LABELS, CharTfidf(ngram_range=(1, 3), position_weighted=False).fit_transform(SEED_LABELS), config)
     check_invariants(tree, SEED_LABELS, config)
     assert tree.trie_depth == 0 and tree.n_nodes == [1, 2, 4, 8]
     assert [len(g) for g in _groups(tree, 2)] == [2, 2, 2, 2]
@@ -226,7 +227,7 @@ def test_seed_example_kmeans():
 
 def test_seed_example_hybrid():
     config = TreeConfig(kind="hybrid", trie_depth=2, max_leaf_size=2)
-    tree = build_label_tree(SEED_LABELS, simple_char_tfidf(SEED_LABELS), config)
+    tree = build_label_tree(SEED_LABELS, CharTfidf(ngram_range=(1, 3), position_weighted=False).fit_transform(SEED_LABELS), config)
     check_invariants(tree, SEED_LABELS, config)
     assert _groups(tree, 2) == [["a"], ["ab", "abc", "abd", "abfgh", "abfgi"], ["bcde", "bcdf"]]
     # 5 labels -> 3 + 2 -> (2 + 1) + 2 (pass-through); leaves at level 4, labels at level 5.
@@ -411,66 +412,6 @@ def test_validate_reports_corruption(name, message):
 
 
 # ------------------------------------------------------------------ real data
-def _normalise(raw: str) -> str:
-    try:
-        from qac.text import normalize_query
-    except ImportError:
-        return " ".join(re.sub(r"\W+", " ", raw.lower()).split())
-    return normalize_query(raw)
-
-
-def simple_char_tfidf(texts: list[str], n_max: int = 3) -> sp.csr_matrix:
-    """Plain char 1..n_max-gram TF-IDF (smooth idf, l2 rows), vectorised with numpy.
-
-    Same weighting as sklearn's ``TfidfVectorizer(analyzer="char", lowercase=False)`` but an
-    order of magnitude faster on 150k labels (n-gram ids by counting, no sorting), which keeps the
-    real-data test short.
-    """
-    n_texts = len(texts)
-    lengths = np.array(list(map(len, texts)), dtype=np.int64)
-    codes = np.frombuffer("".join(texts).encode("utf-32-le"), dtype=np.uint32)
-    present = np.bincount(codes) > 0
-    dense = (np.cumsum(present) - 1)[codes].astype(np.int64)
-    n_alpha = int(present.sum())
-    row_of = np.repeat(np.arange(n_texts), lengths)
-    end_of = np.repeat(np.cumsum(lengths), lengths)
-    blocks = []
-    for n in range(1, n_max + 1):
-        pos = np.flatnonzero(np.arange(codes.size) + n <= end_of)
-        key = np.zeros(pos.size, dtype=np.int64)
-        for k in range(n):
-            key = key * n_alpha + dense[pos + k]
-        if n_alpha**n <= 1 << 25:
-            seen = np.bincount(key, minlength=n_alpha**n) > 0
-            col, n_cols = (np.cumsum(seen) - 1)[key], int(seen.sum())
-        else:
-            vocab, col = np.unique(key, return_inverse=True)
-            n_cols = vocab.size
-        indptr = np.zeros(n_texts + 1, dtype=np.int64)
-        np.cumsum(np.bincount(row_of[pos], minlength=n_texts), out=indptr[1:])
-        blocks.append(sp.csr_matrix((np.ones(pos.size, dtype=np.float32), col, indptr),
-                                    shape=(n_texts, n_cols)))
-    X = sp.hstack(blocks, format="csr")
-    X.sum_duplicates()
-    df = np.bincount(X.indices, minlength=X.shape[1])
-    idf = (np.log((1 + n_texts) / (1 + df)) + 1).astype(np.float32)
-    X.data *= idf[X.indices]
-    norms = np.sqrt(np.add.reduceat(X.data**2, X.indptr[:-1]))
-    X.data /= np.repeat(norms, np.diff(X.indptr))
-    return X
-
-
-def test_simple_char_tfidf_matches_sklearn():
-    from sklearn.feature_extraction.text import TfidfVectorizer
-
-    texts = ["a", "ab", "abc abc", "bcde", "zz top", "é à"]
-    ours = simple_char_tfidf(texts)
-    ref = TfidfVectorizer(analyzer="char", ngram_range=(1, 3), dtype=np.float32,
-                          lowercase=False).fit_transform(texts)
-    gram = (ours @ ours.T).toarray()
-    assert np.allclose(gram, (ref @ ref.T).toarray(), atol=1e-5)
-
-
 def test_hybrid_tree_on_real_aol_queries(aol_log):
     raw = set()
     with gzip.open(aol_log, "rt", encoding="utf-8", errors="replace") as fh:
@@ -479,9 +420,9 @@ def test_hybrid_tree_on_real_aol_queries(aol_log):
             parts = line.rstrip("\n").split("\t")
             if len(parts) > col:
                 raw.add(parts[col])
-    labels = sorted({q for q in map(_normalise, raw) if q})
+    labels = sorted({q for q in map(normalize_query, raw) if q})
     assert len(labels) > 50_000
-    X = simple_char_tfidf(labels)
+    X = CharTfidf(ngram_range=(1, 3), position_weighted=False).fit_transform(labels)
     config = TreeConfig()
     tree = build_label_tree(labels, X, config)
     tree.validate()

@@ -126,10 +126,6 @@ _EMPTY_IDS = np.zeros(0, dtype=np.int32)
 _EMPTY_IDS.setflags(write=False)
 
 
-def _empty() -> tuple[np.ndarray, np.ndarray]:
-    return empty_result()
-
-
 def top_n(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """The ``n`` best ``(ids, scores)`` by float32 score descending, ties by id ascending.
 
@@ -147,7 +143,7 @@ def top_n(ids: np.ndarray, scores: np.ndarray, n: int) -> tuple[np.ndarray, np.n
     s = np.asarray(scores, dtype=np.float32)
     m = ids.size
     if m == 0 or n <= 0:
-        return _empty()
+        return empty_result()
     if m > 4 * n:
         # Exact: every score above the n-th largest is kept, ties at it are settled by id below.
         kth = np.partition(s, m - n)[m - n]
@@ -254,9 +250,6 @@ class DecayedPostings:
 
     def offline_arrays(self) -> dict[str, np.ndarray]:
         return {k: getattr(self, k) for k in self.ARRAY_KEYS}
-
-    def has_key(self, key: str) -> bool:
-        return key in self._row or key in self.online
 
     def add(self, key: str, item: int, weight: float, t: int) -> None:
         """Fold one online click into the delta (deterministic; the offline arrays are never written)."""
@@ -410,7 +403,7 @@ class _PredictedIndex:
             if t is not None:
                 qtf[t] = qtf.get(t, 0.0) + 1.0
         if not qtf or n <= 0:
-            return _empty()
+            return empty_result()
         scratch, touched = self._scratch.get()
         # BM25 = sum over query terms of qtf * impact(term, item): a sparse dot product.
         return _kernels.dot_top_n(np.fromiter(qtf.keys(), dtype=np.int64, count=len(qtf)),
@@ -481,7 +474,7 @@ class MemoryArm(Arm):
         n = check_n(n)
         query = normalize_query(check_query(query))
         if n == 0 or not query:
-            return _empty()
+            return empty_result()
         t = self._time(context)
         obs_ids, obs_counts = self.clicks.counts(query, t)
         pw = self.config.predicted_weight
@@ -520,9 +513,10 @@ class MemoryArm(Arm):
         ValueError
             Empty query, item id out of range, negative or non-finite weight.
         """
-        if not isinstance(query, str) or not normalize_query(query):
+        normalized = normalize_query(query) if isinstance(query, str) else ""
+        if not normalized:
             raise ValueError(f"query must be a non-empty str, got {query!r}")
-        query = normalize_query(query)
+        query = normalized
         if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)) or not 0 <= item_id < self.n_items:
             raise ValueError(f"item_id must be an int in [0, {self.n_items}), got {item_id!r}")
         if not _is_num(weight) or weight < 0:
