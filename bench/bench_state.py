@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from qac.artifacts import arrays_to_strings, strings_to_arrays
 from bench.common import format_row, machine_info, percentiles_us
 from serving.state import FeedbackEvent, StateStore, apply_feedback, pack_arrays, unpack_arrays
 
@@ -69,16 +70,14 @@ class BenchState:
         return other
 
     def to_snapshot(self) -> bytes:
-        keys = "\n".join(self.clicks).encode("utf-8")
-        return pack_arrays({"A": self.A, "b": self.b, "keys": np.frombuffer(keys, dtype=np.uint8),
-                            "counts": np.fromiter(self.clicks.values(), dtype=np.int64, count=len(self.clicks))},
-                           {"n_clicks": len(self.clicks)})
+        keys_flat, keys_ptr = strings_to_arrays(list(self.clicks))
+        return pack_arrays({"A": self.A, "b": self.b, "keys_flat": keys_flat, "keys_ptr": keys_ptr,
+                            "counts": np.fromiter(self.clicks.values(), dtype=np.int64, count=len(self.clicks))})
 
     def load_snapshot(self, blob: bytes) -> None:
-        meta, a = unpack_arrays(blob)
+        _, a = unpack_arrays(blob)
         self.A, self.b = a["A"], a["b"]
-        keys = a["keys"].tobytes().decode("utf-8").split("\n") if meta["n_clicks"] else []
-        self.clicks = dict(zip(keys, a["counts"].tolist()))
+        self.clicks = dict(zip(arrays_to_strings(a["keys_flat"], a["keys_ptr"]), a["counts"].tolist()))
 
     def equals(self, other: "BenchState") -> bool:
         return (np.array_equal(self.A, other.A) and np.array_equal(self.b, other.b)
