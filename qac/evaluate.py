@@ -13,19 +13,12 @@ from dataclasses import asdict
 import time
 from typing import Callable
 
-import numpy as np
 
 from qac.completer import Completer
 from qac.logs import SessionConfig, make_points, read_aol_log, split_sessions
-from qac.metrics import CompletionScorer
+from qac.metrics import CompletionScorer, latency_ms
 
 K = 10
-
-
-def _percentiles_ms(ns: list[int]) -> dict:
-    a = np.asarray(ns, dtype=np.float64) / 1e6
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
 
 
 def evaluate_completion(
@@ -86,7 +79,7 @@ def evaluate_completion(
         if (i + 1) % 5000 == 0:
             say(f"  {i + 1:,}/{len(points):,} points")
     out = model_scorer.report()
-    out["latency_ms"] = _percentiles_ms(latencies)
+    out["latency_ms"] = latency_ms(latencies)
     out["baselines"] = {"mpc": mpc_scorer.report()}
     out["config"] = {"k": K, "seed": seed, "session_gap_seconds": gap, "inference": asdict(comp.inference),
                      "artifacts": str(artifact_dir), "test_log": str(test_log),

@@ -61,6 +61,18 @@ def rank_weighted_bleu(target: str, suggestions: Sequence[str], k: int = 10) -> 
     return num / den if den > 0 else 0.0
 
 
+def latency_ms(ns) -> dict:
+    """``p50``, ``p90``, ``p99``, ``mean`` (milliseconds) and ``n`` of durations in nanoseconds
+    (all 0 for no durations): the ``latency_ms`` block of the evaluation reports."""
+    import numpy as np
+
+    a = np.asarray(ns, dtype=np.float64) / 1e6
+    if a.size == 0:
+        return {"p50": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0, "n": 0}
+    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
+            "p99": float(np.percentile(a, 99)), "mean": float(a.mean()), "n": int(a.size)}
+
+
 def prefix_bucket(prefix_len: int) -> str:
     """Prefix-length bucket used in reports: ``"1-3"``, ``"4-7"`` or ``"8+"``."""
     if prefix_len <= 3:

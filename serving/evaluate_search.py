@@ -30,19 +30,12 @@ from pathlib import Path
 import numpy as np
 
 from qac.logs import read_aol_log
+from qac.metrics import latency_ms
 from retrieval.arms.base import Context
 from retrieval.catalog import load_judgments, normalize_url
 from serving import state as st
 from serving.search_service import SEARCH_DIR, SearchService, load_engine
 from serving.search_types import SearchContext
-
-
-def _percentiles_ms(ns) -> dict:
-    a = np.asarray(ns, dtype=np.float64) / 1e6
-    if a.size == 0:
-        return {"p50": 0.0, "p99": 0.0, "n": 0}
-    return {"p50": float(np.percentile(a, 50)), "p90": float(np.percentile(a, 90)),
-            "p99": float(np.percentile(a, 99)), "n": int(a.size)}
 
 
 def _service(artifacts: Path, catalog: str, state_dir: Path, seed: int) -> SearchService:
@@ -106,7 +99,7 @@ def replay_log(artifacts, test_log, budget: int, *, seed: int = 0, max_events: i
     return {"n_query_events": len(events), "n_events": n_clicks, "recall": hits / n, "mrr@10": rr_sum / n,
             "arms": {a: arm_hits[j] / n for j, a in enumerate(names)}, "oracle_single_arm": oracle / n,
             "reward_by_day": {d: h / c for d, (h, c) in sorted(by_day.items())},
-            "latency_ms": _percentiles_ms(lat)}
+            "latency_ms": latency_ms(lat)}
 
 
 def evaluate_search_log(artifacts, test_log, *, seed: int = 0, max_events: int | None = None, progress=None) -> dict:
@@ -177,5 +170,5 @@ def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budge
         "ndcg@10": float(np.mean(ndcgs)) if ndcgs else 0.0,
         "baselines": {"bm25_order_ndcg@10": float(np.mean(bm25_ndcgs)) if bm25_ndcgs else 0.0},
         "arms": {a: {"recall@100": float(np.mean(v))} for a, v in arm_recalls.items()},
-        "latency_ms": _percentiles_ms(lat),
+        "latency_ms": latency_ms(lat),
     }

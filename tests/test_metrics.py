@@ -64,3 +64,12 @@ def test_scorer_report_breakdowns():
     assert r["by_prefix_length"]["4-7"]["mrr@10"] == pytest.approx(0.5)
     assert r["by_prefix_length"]["8+"]["n_points"] == 1
     assert r["by_seen"]["seen"]["n_points"] == 1 and r["by_seen"]["unseen"]["mrr@10"] == pytest.approx(0.25)
+
+
+def test_latency_ms():
+    from qac.metrics import latency_ms
+
+    r = latency_ms([1_000_000, 3_000_000])  # 1 ms, 3 ms
+    assert r["p50"] == pytest.approx(2.0) and r["mean"] == pytest.approx(2.0) and r["n"] == 2
+    assert r["p99"] == pytest.approx(2.98)
+    assert latency_ms([])["n"] == 0
