@@ -33,7 +33,7 @@ import numpy as np
 
 from bench.common import format_row, machine_info, percentiles_us
 from qac.logs import read_aol_log
-from retrieval.arms import BM25Arm, CharGramArm, Context, PopularityArm
+from retrieval.arms import BM25Arm, CharGramArm, Context
 from retrieval.arms.popularity import build_popularity_arm
 from retrieval.catalog import (
     Catalog,
@@ -43,7 +43,6 @@ from retrieval.catalog import (
     load_homedepot_catalog,
     load_judgments,
     split_by_query,
-    url_text,
 )
 
 DEFAULT_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

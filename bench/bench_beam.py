@@ -26,15 +26,14 @@ import argparse
 import bisect
 import gc
 import os
-import platform
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
-import scipy
+
+from bench.common import machine_info
 import scipy.sparse as sp
 
 from qac.xmr.model import XLinearModel
@@ -45,17 +44,6 @@ BEAMS = (1, 5, 10, 20)
 def default_log() -> Path:
     root = Path(os.environ.get("QAC_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
     return root / "aol" / "aol_top1000_users.before_2006-05-25.tsv.gz"
-
-
-def machine_info() -> str:
-    try:
-        load = "%.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        load = "n/a"
-    return (f"platform {platform.platform()} | python {platform.python_version()} | "
-            f"cpus {os.cpu_count()} | load avg {load}\n"
-            f"numpy {np.__version__} | scipy {scipy.__version__} | numba {numba.__version__} | "
-            f"numba threading layer {numba.config.THREADING_LAYER}")
 
 
 def percentiles(ns: np.ndarray) -> str:
@@ -106,7 +94,7 @@ def main(argv=None) -> int:
     from qac.artifacts import arrays_to_strings, load_artifact
     from qac.features import SessionFeaturizer
 
-    print(machine_info())
+    print(f"machine: {machine_info()}")
     tmp = None
     art_dir = args.artifacts
     if art_dir is None:

@@ -16,16 +16,13 @@ all (previous query, prefix) points of the log, next to scikit-learn's unweighte
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
-import scipy
+
+from bench.common import machine_info
 import scipy.sparse as sp
-import sklearn
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
@@ -33,13 +30,6 @@ from qac.features import CharTfidf, SessionFeaturizer, WordTfidf
 from qac.logs import SessionConfig, make_points, read_aol_log, split_sessions
 
 DEFAULT_LOG = Path(__file__).resolve().parents[1].parent / "shared/data/aol/aol_top1000_users.before_2006-05-25.tsv.gz"
-
-
-def machine() -> str:
-    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
-    return (f"{platform.platform()} | {platform.processor() or platform.machine()} | cpu_count={os.cpu_count()} | "
-            f"loadavg(1m)={load[0]:.2f} | python {platform.python_version()} | numpy {np.__version__} | "
-            f"numba {numba.__version__} | scipy {scipy.__version__} | sklearn {sklearn.__version__}")
 
 
 def time_calls(fn, inputs, repeats: int) -> np.ndarray:
@@ -74,7 +64,7 @@ def main(argv=None) -> None:
     parser.add_argument("--n-inputs", type=int, default=500, help="distinct single-query inputs")
     args = parser.parse_args(argv)
 
-    print("machine:", machine())
+    print("machine:", machine_info())
     log = read_aol_log(args.log)
     points = make_points(split_sessions(log.events, SessionConfig()), seed=0)
     prev = [p.prev_query for p in points]
@@ -128,7 +118,7 @@ def main(argv=None) -> None:
     print(f"  SessionFeaturizer.transform_one           {stats(ours)}   (thread CPU time, mean: {cpu_us:.2f} us)")
     print(f"  baseline sklearn word+char transform+hstack+normalize {stats(base)}")
     print(f"  baseline sklearn char TfidfVectorizer.transform only  {stats(base_char)}")
-    print("machine (after):", machine())
+    print("machine (after):", machine_info())
 
 
 if __name__ == "__main__":

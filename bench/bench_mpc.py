@@ -30,15 +30,15 @@ import gc
 import gzip
 import json
 import os
-import platform
 import statistics
 import sys
 import time
 from collections import Counter
-from importlib.metadata import version
 from pathlib import Path
 
 import numpy as np
+
+from bench.common import machine_info
 
 from qac.mpc import MostPopularCompletion
 
@@ -56,18 +56,6 @@ except ImportError:  # pragma: no cover - only while qac.text is being written
 
 K = 10
 MAX_PREFIX_LEN = 8
-
-
-def machine_info() -> dict:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "python": sys.version.split()[0],
-        "numpy": np.__version__,
-        "marisa_trie": version("marisa-trie"),
-        "load_avg_at_start": os.getloadavg(),
-    }
 
 
 def read_1m(path: Path) -> list[str]:

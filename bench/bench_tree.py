@@ -16,16 +16,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
-import platform
 import re
 import statistics
-import sys
 import time
 from pathlib import Path
 
-import numba
 import numpy as np
-import scipy
+
+from bench.common import machine_info
 
 from qac.xmr.tree import LabelTree, TreeConfig, build_label_tree
 
@@ -130,10 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--kinds", default="hybrid,kmeans")
     args = parser.parse_args(argv)
-    print(f"machine: {platform.platform()}, {platform.processor() or platform.machine()}, "
-          f"cpu_count={os.cpu_count()}, python {sys.version.split()[0]}, numpy {np.__version__}, "
-          f"scipy {scipy.__version__}, numba {numba.__version__} "
-          f"(threading layer threads={numba.config.NUMBA_NUM_THREADS})")
+    print(f"machine: {machine_info()}")
     kinds = args.kinds.split(",")
     aol = args.data / "aol"
     top = aol / "aol_top1000_users.before_2006-05-25.tsv.gz"

@@ -24,8 +24,15 @@ def machine_info() -> dict:
             versions[p] = metadata.version(p)
         except metadata.PackageNotFoundError:
             versions[p] = None
+    try:
+        import numba
+
+        numba_threads = {"threading_layer": numba.config.THREADING_LAYER, "num_threads": numba.config.NUMBA_NUM_THREADS}
+    except ImportError:  # pragma: no cover - numba is a core dependency
+        numba_threads = None
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
-            "loadavg_1m": os.getloadavg()[0], "python": platform.python_version(), "versions": versions}
+            "loadavg_1m": os.getloadavg()[0], "python": platform.python_version(), "versions": versions,
+            "numba_threads": numba_threads}
 
 
 def percentiles_us(ns) -> dict:

@@ -20,9 +20,8 @@ features, RankSVM-style pairs: Herbrich et al., 1999; Joachims, KDD 2002).
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
 
 import numpy as np

@@ -31,7 +31,6 @@ import numpy as np
 
 from qac.logs import read_aol_log
 from qac.metrics import latency_ms
-from retrieval.arms.base import Context
 from retrieval.catalog import load_judgments, normalize_url
 from serving import state as st
 from serving.search_service import SEARCH_DIR, SearchService, load_engine
