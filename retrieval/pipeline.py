@@ -41,13 +41,13 @@ class Retrieval:
     ----------
     query : str
         Normalised query.
-    arm_ids : list of int32 arrays
+    arm_ids : list of int32 arrays (catalogue items) or of lists of str (completions)
         Each arm's full candidate list (length <= budget), best first.
     arm_scores : list of float32 arrays
     x : float32 (d_ctx,)
     arm_x : float32 (n_arms, d_arm)
     decision : retrieval.policy.Decision
-    union_ids : int32 (m,)
+    union_ids : int32 (m,) or list of str
         Union of each arm's top ``allocation[a]``, in first-seen order (arms in order).
     """
 
@@ -60,13 +60,17 @@ class Retrieval:
     decision: object
     union_ids: np.ndarray
 
-    def arm_ranks(self, item_id: int) -> np.ndarray:
-        """0-based rank of ``item_id`` in every arm's full list, -1 where absent (int32 (n_arms,))."""
+    def arm_ranks(self, item_id) -> np.ndarray:
+        """0-based rank of ``item_id`` (an item id, or a completion string) in every arm's full list,
+        -1 where absent (int32 (n_arms,))."""
         out = np.full(len(self.arm_ids), -1, dtype=np.int32)
         for a, ids in enumerate(self.arm_ids):
-            hit = np.flatnonzero(ids == item_id)
-            if hit.size:
-                out[a] = hit[0]
+            if isinstance(ids, np.ndarray):
+                hit = np.flatnonzero(ids == item_id)
+                if hit.size:
+                    out[a] = hit[0]
+            elif item_id in ids:
+                out[a] = ids.index(item_id)
         return out
 
 
@@ -113,16 +117,128 @@ def arm_features(arm_ids: Sequence[np.ndarray], arm_scores: Sequence[np.ndarray]
     return out
 
 
-def union_of(arm_ids: Sequence[np.ndarray], allocation: np.ndarray) -> np.ndarray:
-    """Union of each arm's top ``allocation[a]`` ids, first occurrence order (int32)."""
-    seen: dict[int, None] = {}
+def union_of(arm_ids: Sequence, allocation: np.ndarray):
+    """Union of each arm's top ``allocation[a]`` keys, first occurrence order.
+
+    int32 array when the arms return id arrays (catalogues), list of str when they return
+    string lists (completions)."""
+    seen: dict = {}
+    arrays = True
     for ids, n in zip(arm_ids, allocation.tolist()):
-        for i in ids[:n].tolist():
+        if isinstance(ids, np.ndarray):
+            head = ids[:n].tolist()
+        else:
+            arrays = False
+            head = ids[:n]
+        for i in head:
             seen.setdefault(i, None)
+    if not arrays:
+        return list(seen)
     return np.fromiter(seen, dtype=np.int32, count=len(seen))
 
 
-class RetrieveAndRank:
+class Pipeline:
+    """The retrieve-and-rank flow shared by Search and Complete: arms -> policy -> union -> ranker.
+
+    Subclasses say what the policy and the ranker see (:meth:`context_x`, :meth:`arm_x`,
+    :meth:`features`); :class:`RetrieveAndRank` is the item-search instantiation,
+    ``qac.ranking.CompletionPipeline`` the completion one. Item keys are whatever the arms return:
+    int32 item ids for a catalogue, completion strings for Complete (whose candidate set is open).
+
+    Parameters
+    ----------
+    arms : list of objects with ``name`` and ``retrieve(query, context, n) -> (ids, scores)``
+    policy : retrieval.policy policy object
+        ``decide(x, arm_x, budget, rng)`` / ``update(x, arm_x, decision, arm_ranks)``.
+    ranker : object with ``score(features float32 (m, f)) -> float32 (m,)``
+    """
+
+    def __init__(self, arms, policy, ranker):
+        self.arms = list(arms)
+        self.arm_names = [a.name for a in self.arms]
+        self.policy = policy
+        self.ranker = ranker
+        self.hits = np.zeros(len(self.arms), dtype=np.float64)
+        self.n_feedback = 0
+
+    # -- what subclasses define ----------------------------------------------------------------
+    def context_x(self, query: str, context: Context) -> np.ndarray:
+        """Policy context features, float32 (d_ctx,)."""
+        raise NotImplementedError
+
+    def arm_x(self, arm_ids: list, arm_scores: list, budget: int) -> np.ndarray:
+        """Policy per-arm features, float32 (n_arms, d_arm)."""
+        raise NotImplementedError
+
+    def features(self, retrieval: "Retrieval", ids) -> np.ndarray:
+        """Ranker features of the candidates ``ids`` of a retrieval, float32 (m, f)."""
+        raise NotImplementedError
+
+    # -- the shared flow -------------------------------------------------------------------------
+    def hit_rate(self) -> np.ndarray:
+        """Running fraction of feedback events whose clicked item was in each arm's list (smoothed)."""
+        return ((self.hits + 1.0) / (self.n_feedback + 2.0)).astype(np.float32)
+
+    def retrieve(self, query: str, context: Context, budget: int, rng: np.random.Generator) -> "Retrieval":
+        """Every arm's list, the policy's allocation and the candidate union for a normalised query."""
+        arm_ids, arm_scores = [], []
+        for arm in self.arms:
+            ids, sc = arm.retrieve(query, context, budget)
+            arm_ids.append(ids)
+            arm_scores.append(sc)
+        x = self.context_x(query, context)
+        ax = self.arm_x(arm_ids, arm_scores, budget)
+        decision = self.policy.decide(x, ax, budget, rng)
+        return Retrieval(query, budget, arm_ids, arm_scores, x, ax, decision,
+                         union_of(arm_ids, decision.allocation))
+
+    def rank(self, retrieval: "Retrieval", k: int):
+        """Top ``k`` of the union by the ranker: (ids, scores float32 (k,), proposed bool (k, n_arms)).
+
+        ``ids`` is an int32 array for catalogue items, a list of str for completions; ties are
+        broken by the key."""
+        ids = retrieval.union_ids
+        if len(ids) == 0:
+            return ids, np.zeros(0, np.float32), np.zeros((0, len(self.arms)), bool)
+        scores = self.ranker.score(self.features(retrieval, ids))
+        if isinstance(ids, np.ndarray):
+            order = np.lexsort((ids, -scores))[:k]
+            top = ids[order]
+        else:
+            order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))[:k]
+            top = [ids[i] for i in order]
+        return top, scores[order].astype(np.float32), self._proposed(retrieval, top)
+
+    @staticmethod
+    def _proposed(retrieval: "Retrieval", ids) -> np.ndarray:
+        """Which arms put each of ``ids`` into the union (within their allocation): bool (m, n_arms).
+        Reported with each hit; the ranker's own arm features are :meth:`features`."""
+        keys = ids.tolist() if isinstance(ids, np.ndarray) else ids
+        pos = {key: r for r, key in enumerate(keys)}
+        out = np.zeros((len(keys), len(retrieval.arm_ids)), dtype=bool)
+        for a, (aids, n) in enumerate(zip(retrieval.arm_ids, retrieval.decision.allocation.tolist())):
+            head = aids[:n]
+            for key in (head.tolist() if isinstance(head, np.ndarray) else head):
+                r = pos.get(key)
+                if r is not None:
+                    out[r, a] = True
+        return out
+
+    def feedback(self, retrieval: "Retrieval", item_id, context: Context) -> float:
+        """Apply a click (or an accepted completion): policy reward per arm, online arms observe it.
+        Returns the union reward (0/1)."""
+        ranks = retrieval.arm_ranks(item_id)
+        self.policy.update(retrieval.x, retrieval.arm_x, retrieval.decision, ranks)
+        self.hits += ranks >= 0
+        self.n_feedback += 1
+        for arm in self.arms:
+            observe = getattr(arm, "observe", None)
+            if observe is not None:
+                observe(retrieval.query, item_id, context)
+        return 1.0 if bool(np.any((ranks >= 0) & (ranks < retrieval.decision.allocation))) else 0.0
+
+
+class RetrieveAndRank(Pipeline):
     """Arms -> policy -> union -> ranker over one item catalogue (one instance per catalogue).
 
     Parameters
@@ -132,17 +248,17 @@ class RetrieveAndRank:
     policy : retrieval.policy policy object
         ``decide(x, arm_x, budget, rng)`` / ``update(x, arm_x, decision, arm_ranks)``.
     ranker : object with ``score(features) -> float32 (m,)``
-    ranker_arms : list of str, optional
-        The arms whose scores/membership the ranker was trained with, in that order (default: all).
-    ranker_budget : int, optional
-        How deep into each arm's list the ranker's arm features looked at training time; serving
-        uses the same depth (default: the whole list).
     text_index : retrieval.ranker_features.ItemTextIndex
     item_stats : float32 (n_items, n_stats)
     query_freq : callable ``str -> int``
         Training frequency of a normalised query (context feature).
     in_memory : callable ``str -> bool``
         Whether the memory index has observed clicks for the query.
+    ranker_arms : list of str, optional
+        The arms whose scores/membership the ranker was trained with, in that order (default: all).
+    ranker_budget : int, optional
+        How deep into each arm's list the ranker's arm features looked at training time; serving
+        uses the same depth (default: the whole list).
 
     Thread safety: ``retrieve``/``rank`` only read; ``feedback`` mutates the policy and the online
     arms and must be serialised by the caller (the state store applies feedback under one lock).
@@ -150,45 +266,20 @@ class RetrieveAndRank:
 
     def __init__(self, arms, policy, ranker, text_index, item_stats, query_freq, in_memory,
                  ranker_arms: Sequence[str] | None = None, ranker_budget: int | None = None):
-        self.arms = list(arms)
-        self.arm_names = [a.name for a in self.arms]
+        super().__init__(arms, policy, ranker)
         names = self.arm_names if ranker_arms is None else list(ranker_arms)
         self.ranker_cols = np.array([self.arm_names.index(n) for n in names], dtype=np.int64)
         self.ranker_budget = ranker_budget
-        self.policy = policy
-        self.ranker = ranker
         self.text_index = text_index
         self.item_stats = item_stats
         self.query_freq = query_freq
         self.in_memory = in_memory
-        self.hits = np.zeros(len(self.arms), dtype=np.float64)
-        self.n_feedback = 0
 
-    def hit_rate(self) -> np.ndarray:
-        """Running fraction of feedback events whose clicked item was in each arm's list (smoothed)."""
-        return ((self.hits + 1.0) / (self.n_feedback + 2.0)).astype(np.float32)
+    def context_x(self, query: str, context: Context) -> np.ndarray:
+        return context_features(query, context, self.query_freq(query), self.in_memory(query))
 
-    def retrieve(self, query: str, context: Context, budget: int, rng: np.random.Generator) -> Retrieval:
-        """Every arm's list, the policy's allocation and the candidate union for a normalised query."""
-        arm_ids, arm_scores = [], []
-        for arm in self.arms:
-            ids, sc = arm.retrieve(query, context, budget)
-            arm_ids.append(ids)
-            arm_scores.append(sc)
-        x = context_features(query, context, self.query_freq(query), self.in_memory(query))
-        ax = arm_features(arm_ids, arm_scores, budget, self.hit_rate())
-        decision = self.policy.decide(x, ax, budget, rng)
-        return Retrieval(query, budget, arm_ids, arm_scores, x, ax, decision,
-                         union_of(arm_ids, decision.allocation))
-
-    def rank(self, retrieval: Retrieval, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Top ``k`` of the union by the ranker: (ids int32, scores float32, proposed bool (k, n_arms))."""
-        ids = retrieval.union_ids
-        if ids.size == 0:
-            return ids, np.zeros(0, np.float32), np.zeros((0, len(self.arms)), bool)
-        scores = self.ranker.score(self.features(retrieval, ids))
-        order = np.lexsort((ids, -scores))[:k]
-        return ids[order], scores[order].astype(np.float32), self._proposed(retrieval, ids[order])
+    def arm_x(self, arm_ids: list, arm_scores: list, budget: int) -> np.ndarray:
+        return arm_features(arm_ids, arm_scores, budget, self.hit_rate())
 
     def features(self, retrieval: Retrieval, ids: np.ndarray) -> np.ndarray:
         """Ranker features of candidates ``ids`` for a retrieval, exactly as the ranker was trained:
@@ -200,27 +291,6 @@ class RetrieveAndRank:
                                          [retrieval.arm_scores[c] for c in cols], ids, self.ranker_budget)
         return candidate_features(retrieval.query, ids, scores_by_arm, self.text_index, self.item_stats)
 
-    @staticmethod
-    def _proposed(retrieval: Retrieval, ids: np.ndarray) -> np.ndarray:
-        """Which arms put each of ``ids`` into the union (within their allocation): bool (m, n_arms).
-        Reported with each hit; the ranker's own arm features are :meth:`features`."""
-        pos = {int(i): r for r, i in enumerate(ids.tolist())}
-        out = np.zeros((len(ids), len(retrieval.arm_ids)), dtype=bool)
-        for a, (aids, n) in enumerate(zip(retrieval.arm_ids, retrieval.decision.allocation.tolist())):
-            for i in aids[:n].tolist():
-                r = pos.get(int(i))
-                if r is not None:
-                    out[r, a] = True
-        return out
-
     def feedback(self, retrieval: Retrieval, item_id: int, context: Context) -> float:
         """Apply a click: policy reward per arm, online arms observe it. Returns the union reward (0/1)."""
-        ranks = retrieval.arm_ranks(item_id)
-        self.policy.update(retrieval.x, retrieval.arm_x, retrieval.decision, ranks)
-        self.hits += ranks >= 0
-        self.n_feedback += 1
-        for arm in self.arms:
-            observe = getattr(arm, "observe", None)
-            if observe is not None:
-                observe(retrieval.query, int(item_id), context)
-        return 1.0 if bool(np.any((ranks >= 0) & (ranks < retrieval.decision.allocation))) else 0.0
+        return super().feedback(retrieval, int(item_id), context)
