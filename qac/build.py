@@ -17,8 +17,10 @@ from typing import Callable, Sequence
 import numpy as np
 
 from qac.artifacts import save_artifact, strings_to_arrays, write_artifact_files
+from qac.blocklist import Blocklist
 from qac.config import BuildConfig
 from qac.features import CharTfidf, SessionFeaturizer, WordTfidf
+from qac.history import KeyedQueryCounts
 from qac.logs import CompletionPoint, LogReadResult, SessionConfig, make_points, read_aol_log, split_sessions
 from qac.mpc import MostPopularCompletion
 from qac.suffix import SuffixCompletion
@@ -80,6 +82,7 @@ def build_completion(
     progress: bool = True,
     log: LogReadResult | None = None,
     publish: bool = True,
+    blocklist: Blocklist | None = None,
 ) -> BuildReport:
     """Build every completion artifact from an AOL-format log into ``out_dir`` (atomically).
 
@@ -100,6 +103,9 @@ def build_completion(
         Write atomically (temporary sibling + rename). ``False`` writes straight into ``out_dir``,
         which must exist and be empty: for a caller assembling several artifacts in its own
         temporary directory and publishing them together.
+    blocklist : Blocklist, optional
+        Queries containing a blocked term are dropped before anything is built; the terms are
+        stored in the artifact and applied again at query time.
 
     Returns
     -------
@@ -111,21 +117,91 @@ def build_completion(
         If the log has no usable session pairs.
     """
     config = config or BuildConfig()
+    blocklist = blocklist or Blocklist()
     report = BuildReport()
     st = _Stages(report, enabled=progress)
     t_start = time.perf_counter()
 
     if log is None:
         log = st.run("read log", lambda: read_aol_log(log_path, since=since, until=until))
-    sessions = st.run("sessions", lambda: split_sessions(log.events, SessionConfig(config.session_gap_seconds)))
+    events = log.events
+    if blocklist:
+        events = [e for e in events if not blocklist.blocks(e.query)]
+        report.counts["n_blocked_events"] = len(log.events) - len(events)
+    sessions = st.run("sessions", lambda: split_sessions(events, SessionConfig(config.session_gap_seconds)))
     points = [pt for r in range(config.n_prefixes_per_pair) for pt in make_points(sessions, config.seed + r)]
     if not points:
         raise ValueError(f"{log_path}: no (previous query, next query) pairs in the selected period")
     report.counts.update(n_rows=log.n_rows, n_malformed=log.n_malformed, n_empty_queries=log.n_empty_queries,
-                         n_events=len(log.events), n_sessions=len(sessions))
-    params = {"log": str(log_path), "since": str(since) if since else None, "until": str(until) if until else None}
-    return _build_from_points(points, Counter(e.query for e in log.events), out_dir, config, report, st,
-                              t_start, params, publish)
+                         n_events=len(events), n_sessions=len(sessions))
+    params = {"log": str(log_path), "since": str(since) if since else None, "until": str(until) if until else None,
+              "blocklist": blocklist.terms}
+    extra = st.run("history", lambda: history_components(events, sessions))
+    if config.ranker_tail_days > 0:
+        ranker = st.run("ranker", lambda: _train_ranker(events, config, report, progress))
+        if ranker is not None:
+            extra["ranker"] = ranker.to_arrays()
+    return _build_from_points(points, Counter(e.query for e in events), out_dir, config, report, st,
+                              t_start, params, publish, extra)
+
+
+def history_components(events, sessions) -> dict:
+    """The user-history and follow-up stores of a log, as artifact components.
+
+    ``user_history``: user id -> the user's queries (count = events, last time);
+    ``follow_up``: query -> the queries that directly followed it in a session."""
+    users = KeyedQueryCounts.build((e.user_id, e.query, e.timestamp) for e in events)
+    follow = KeyedQueryCounts.build(
+        (s.queries[j - 1], s.queries[j], s.timestamps[j]) for s in sessions for j in range(1, len(s.queries)))
+    return {"user_history": users.to_arrays(), "follow_up": follow.to_arrays()}
+
+
+def _train_ranker(events, config: BuildConfig, report: BuildReport, progress: bool):
+    """Completion ranker: arms built on the events before the last ``ranker_tail_days`` days, fitted
+    on that tail's completion points replayed in time order with online feedback
+    (``qac.ranking.ranker_training_rows``). ``None`` when the tail or the head has no pairs."""
+    import tempfile
+    from dataclasses import replace as dc_replace
+
+    from qac.completer import Completer
+    from qac.ranking import CompletionPipeline, ranker_training_rows
+    from retrieval.ranker import Ranker, RankerConfig
+
+    if not events:
+        return None
+    t_max = max(e.timestamp for e in events)
+    cut = t_max - config.ranker_tail_days * 86400
+    head = [e for e in events if e.timestamp < cut]
+    tail = [e for e in events if e.timestamp >= cut]
+    gap = SessionConfig(config.session_gap_seconds)
+    tail_sessions = split_sessions(tail, gap)
+    tail_points = [pt for r in range(config.ranker_prefixes_per_pair)
+                   for pt in make_points(tail_sessions, config.seed + 1000 + r)]
+    head_sessions = split_sessions(head, gap)
+    head_points = make_points(head_sessions, config.seed)
+    if not tail_points or not head_points:
+        return None
+    head_config = dc_replace(config, ranker_tail_days=0)
+    with tempfile.TemporaryDirectory(prefix="qac-ranker-") as tmp:
+        head_dir = Path(tmp) / "head"
+        inner = BuildReport()
+        _build_from_points(head_points, Counter(e.query for e in head), head_dir, head_config, inner,
+                           _Stages(inner, enabled=False), time.perf_counter(), {}, True,
+                           history_components(head, head_sessions))
+        comp = Completer.load(head_dir)
+        comp.mpc.warmup()
+        # The ranker-less pipeline over every arm: training rows only need retrieve + features.
+        pipeline = CompletionPipeline(list(comp.arms.values()), None, comp.arms["mpc"], comp.arms["user_history"],
+                                      comp.arms["follow_up"], config.inference.per_arm)
+        X, y, gp, stats = ranker_training_rows(pipeline, tail_points, comp.observe)
+    report.counts.update(ranker_points=stats["n_points"], ranker_groups=stats["n_groups"],
+                         ranker_rows=int(len(y)))
+    report.counts["ranker_union_recall"] = round(stats["union_recall"], 4)
+    if stats["n_groups"] == 0:
+        return None
+    rcfg = RankerConfig(objective=config.ranker_objective, n_trees=config.ranker_trees,
+                        max_leaf_nodes=config.ranker_leaves, seed=config.seed)
+    return Ranker(rcfg).fit(X, y, gp)
 
 
 def build_prefix_index(
@@ -166,7 +242,8 @@ def build_prefix_index(
 
 
 def _build_from_points(points, query_counts: Counter, out_dir, config: BuildConfig, report: BuildReport,
-                       st: _Stages, t_start: float, params: dict, publish: bool) -> BuildReport:
+                       st: _Stages, t_start: float, params: dict, publish: bool,
+                       extra_components: dict | None = None) -> BuildReport:
     """Features, label tree, XR-Linear, MPC and suffix tries from training points; write the artifact."""
     labels, y = label_set(points)
     report.counts.update(n_points=len(points), n_labels=len(labels))
@@ -211,6 +288,7 @@ def _build_from_points(points, query_counts: Counter, out_dir, config: BuildConf
             "model": model.to_arrays(),
             "mpc": mpc.to_arrays(),
             "suffix": suffix.to_arrays(),
+            **(extra_components or {}),
         }
         all_params = {"config": config.to_dict(), "counts": report.counts, **params,
                       "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}

@@ -24,7 +24,16 @@ class InferenceConfig:
     prefix_constrained : bool
         Restrict the beam to tree nodes holding a label that starts with the prefix.
     suffix_completions : bool
-        Fill with synthetic completions (typed words + popular query suffix) before MPC back-off.
+        Fill with synthetic completions (typed words + popular query suffix) before MPC back-off
+        (the cascade path).
+    ranked : bool
+        Rank the union of every completion arm with the artifact's learned ranker (issue 4). False,
+        or an artifact without a ranker, answers with the cascade: XR-Linear, then MPC, suffix
+        completions, MPC back-off.
+    per_arm : int
+        Candidates each arm contributes to the ranked union.
+    typo_min_exact : int
+        The typo and back-off arms run only when the exact prefix has fewer MPC completions.
     """
 
     beam_size: int = 10
@@ -32,11 +41,16 @@ class InferenceConfig:
     post_processor: str = "l3-hinge"
     prefix_constrained: bool = True
     suffix_completions: bool = True
+    ranked: bool = True
+    per_arm: int = 10
+    typo_min_exact: int = 10
 
     def __post_init__(self) -> None:
         _check(1 <= self.beam_size <= 1000, "beam_size", f"must be in 1..1000, got {self.beam_size}")
         _check(1 <= self.n_model_candidates <= 1000, "n_model_candidates", "must be in 1..1000")
         _check(self.post_processor in ("l3-hinge", "sigmoid"), "post_processor", f"unknown {self.post_processor!r}")
+        _check(1 <= self.per_arm <= 100, "per_arm", "must be in 1..100")
+        _check(1 <= self.typo_min_exact <= 100, "typo_min_exact", "must be in 1..100")
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,13 @@ class BuildConfig:
         XR-Linear per-node L2-regularised squared-hinge classifiers (PECOS defaults).
     n_threads : int
         Build threads.
+    ranker_tail_days : int
+        Completion ranker: the arms are built on the log before its last ``ranker_tail_days`` days
+        and the ranker is fitted on completion points of those days (0 = no ranker).
+    ranker_objective, ranker_trees, ranker_leaves : str, int, int
+        ``retrieval.ranker.RankerConfig`` of the completion ranker.
+    ranker_prefixes_per_pair : int
+        Ranker training points per (previous, next) pair of the tail, each with its own prefix.
     """
 
     session_gap_seconds: int = 1800
@@ -73,6 +94,11 @@ class BuildConfig:
     threshold: float = 0.1
     bias: float = 1.0
     n_threads: int = 2
+    ranker_tail_days: int = 7
+    ranker_objective: str = "lambdarank"
+    ranker_trees: int = 100
+    ranker_leaves: int = 15
+    ranker_prefixes_per_pair: int = 2
     inference: InferenceConfig = field(default_factory=InferenceConfig)
 
     def __post_init__(self) -> None:
@@ -84,6 +110,12 @@ class BuildConfig:
         _check(self.C > 0, "C", "must be > 0")
         _check(self.max_iter >= 1, "max_iter", "must be >= 1")
         _check(self.n_threads >= 1, "n_threads", "must be >= 1")
+        _check(0 <= self.ranker_tail_days <= 365, "ranker_tail_days", "must be in 0..365")
+        _check(self.ranker_objective in ("regression", "lambdarank"), "ranker_objective",
+               f"unknown {self.ranker_objective!r}")
+        _check(1 <= self.ranker_trees <= 2000, "ranker_trees", "must be in 1..2000")
+        _check(2 <= self.ranker_leaves <= 255, "ranker_leaves", "must be in 2..255")
+        _check(1 <= self.ranker_prefixes_per_pair <= 16, "ranker_prefixes_per_pair", "must be in 1..16")
 
     def to_dict(self) -> dict:
         return asdict(self)

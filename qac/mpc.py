@@ -142,6 +142,7 @@ class MostPopularCompletion:
             if ids.size and (ids.min() < -1 or ids.max() >= n):
                 raise ValueError(f"{name} must hold query key ids in [-1, {n}), got [{ids.min()}, {ids.max()}]")
         self._trie = trie
+        self._sorted: list[str] | None = None
         self._counts = counts
         # Python-side views for the request path: indexing a numpy array per element and
         # marisa's restore_key (~1 us each) dominate a 10-item answer otherwise.
@@ -258,6 +259,42 @@ class MostPopularCompletion:
 
     def __contains__(self, query: object) -> bool:
         return isinstance(query, str) and query in self._trie
+
+    def sorted_queries(self) -> list[str]:
+        """Every training query in code-point order (built on first use, then kept: ~60 bytes a query)."""
+        queries = self._sorted
+        if queries is None:
+            queries = self._sorted = sorted(self._trie.keys())
+        return queries
+
+    def has_prefix(self, prefix: str) -> bool:
+        """Whether some training query starts with ``prefix`` (``""``: whether there is any query).
+
+        A binary search over :meth:`sorted_queries` (~1 us; marisa's prefix iteration costs ~3 us)."""
+        queries = self.sorted_queries()
+        i = bisect_left(queries, prefix)
+        return i < len(queries) and queries[i].startswith(prefix)
+
+    def next_chars(self, head: str) -> list[str]:
+        """The distinct characters that follow ``head`` in training queries, in code-point order
+        (one binary search per character found)."""
+        queries = self.sorted_queries()
+        out: list[str] = []
+        n = len(head)
+        i = bisect_left(queries, head)
+        while i < len(queries):
+            q = queries[i]
+            if not q.startswith(head):
+                break
+            if len(q) == n:
+                i += 1
+                continue
+            c = q[n]
+            out.append(c)
+            if ord(c) == _MAX_CHAR:
+                break
+            i = bisect_left(queries, head + chr(ord(c) + 1), i)
+        return out
 
     def count(self, query: str) -> int:
         """Training frequency of ``query`` (0 if it is not a training query)."""

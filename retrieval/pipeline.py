@@ -49,6 +49,8 @@ class Retrieval:
     decision : retrieval.policy.Decision
     union_ids : int32 (m,) or list of str
         Union of each arm's top ``allocation[a]``, in first-seen order (arms in order).
+    context : Context or None
+        The request context the arms saw (kept for the ranker's features).
     """
 
     query: str
@@ -59,6 +61,7 @@ class Retrieval:
     arm_x: np.ndarray
     decision: object
     union_ids: np.ndarray
+    context: Context | None = None
 
     def arm_ranks(self, item_id) -> np.ndarray:
         """0-based rank of ``item_id`` (an item id, or a completion string) in every arm's full list,
@@ -174,6 +177,11 @@ class Pipeline:
         """Ranker features of the candidates ``ids`` of a retrieval, float32 (m, f)."""
         raise NotImplementedError
 
+    def arm_depth(self, budget: int) -> int:
+        """How many candidates each arm retrieves for a total ``budget`` (default: the whole budget,
+        so the policy can give any arm all of it)."""
+        return budget
+
     # -- the shared flow -------------------------------------------------------------------------
     def hit_rate(self) -> np.ndarray:
         """Running fraction of feedback events whose clicked item was in each arm's list (smoothed)."""
@@ -182,15 +190,16 @@ class Pipeline:
     def retrieve(self, query: str, context: Context, budget: int, rng: np.random.Generator) -> "Retrieval":
         """Every arm's list, the policy's allocation and the candidate union for a normalised query."""
         arm_ids, arm_scores = [], []
+        depth = self.arm_depth(budget)
         for arm in self.arms:
-            ids, sc = arm.retrieve(query, context, budget)
+            ids, sc = arm.retrieve(query, context, depth)
             arm_ids.append(ids)
             arm_scores.append(sc)
         x = self.context_x(query, context)
         ax = self.arm_x(arm_ids, arm_scores, budget)
         decision = self.policy.decide(x, ax, budget, rng)
         return Retrieval(query, budget, arm_ids, arm_scores, x, ax, decision,
-                         union_of(arm_ids, decision.allocation))
+                         union_of(arm_ids, decision.allocation), context)
 
     def rank(self, retrieval: "Retrieval", k: int):
         """Top ``k`` of the union by the ranker: (ids, scores float32 (k,), proposed bool (k, n_arms)).

@@ -71,13 +71,20 @@ def cmd_evaluate_completion(args: argparse.Namespace) -> int:
     comp = Completer.load(args.artifacts)
     if args.inference:
         comp = comp.with_inference(**json.loads(args.inference))
+    if args.without_arms:
+        comp = comp.without_arms(args.without_arms.split(","))
     result = evaluate_completion(args.artifacts, args.log, seed=args.seed, since=args.since, until=args.until,
-                                 max_points=args.max_points, completer=comp,
-                                 progress=lambda s: print(s, file=sys.stderr, flush=True))
+                                 max_points=args.max_points, completer=comp, online=args.online,
+                                 per_arm=not args.no_arms, progress=lambda s: print(s, file=sys.stderr, flush=True))
     _write_json(args.json, result)
     mpc = result["baselines"]["mpc"]
-    print(f"n_points={result['n_points']}  MRR@10={result['mrr@10']:.4f} (MPC {mpc['mrr@10']:.4f})  "
+    print(f"n_points={result['n_points']}  {'online' if args.online else 'static'}  "
+          f"MRR@10={result['mrr@10']:.4f} (MPC {mpc['mrr@10']:.4f})  "
           f"success@10={result['success@10']:.4f} (MPC {mpc['success@10']:.4f})  bleu={result['bleu']:.4f}")
+    for name, rep in result.get("arms", {}).items():
+        print(f"  arm {name:>12}: MRR@10={rep['mrr@10']:.4f}")
+    if "cascade" in result["baselines"]:
+        print(f"  cascade (no ranker): MRR@10={result['baselines']['cascade']['mrr@10']:.4f}")
     for b, r in result["by_prefix_length"].items():
         print(f"  prefix {b:>4}: MRR@10={r['mrr@10']:.4f} (MPC {mpc['by_prefix_length'][b]['mrr@10']:.4f})  "
               f"n={r['n_points']}")
@@ -213,7 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     ec.add_argument("--until")
     ec.add_argument("--max-points", type=int)
     ec.add_argument("--inference", help='JSON object of InferenceConfig overrides, e.g. \'{"beam_size": 20}\'; '
-                    'PECOS behaviour: \'{"prefix_constrained": false, "suffix_completions": false}\'')
+                    'PECOS behaviour: \'{"prefix_constrained": false, "suffix_completions": false, '
+                    '"ranked": false}\'')
+    ec.add_argument("--online", action="store_true",
+                    help="replay in time order and feed back each issued query after its point (online learning)")
+    ec.add_argument("--without-arms", help="comma-separated arms left out of the ranked union (ablation)")
+    ec.add_argument("--no-arms", action="store_true", help="skip the per-arm and cascade scores (faster)")
     ec.set_defaults(func=cmd_evaluate_completion)
     eq = esub.add_parser("search", help="replay a click log through Search+Feedback, or score judgments")
     eq.add_argument("--artifacts", required=True)

@@ -1,0 +1,178 @@
+"""Learned ranking of completions: the completion instantiation of the retrieve-and-rank pipeline.
+
+``CompletionPipeline`` is ``retrieval.pipeline.Pipeline`` with the completion arms (``qac.arms``),
+a fixed policy (every arm contributes its top ``per_arm``; propensity 1) and a tree-ensemble ranker
+(``retrieval.ranker.Ranker``, numba-scored) over the union, with the features of
+:data:`FEATURE_NAMES`. The same :meth:`CompletionPipeline.features` builds the training rows
+(:func:`ranker_training_rows`) and the serving rows.
+
+Training (issue 4): arms built on the head of the training log, the ranker fitted on completion
+points of its tail (the last ``ranker_tail_days``), replayed in time order with online feedback, as a
+serving process sees them; label 1 for the query the user issued, 0 for every other candidate.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from retrieval.arms.base import Context
+from retrieval.pipeline import Pipeline, Retrieval
+from retrieval.policy import FixedPolicy, allocation_menu
+
+ARM_NAMES = ("xr_linear", "mpc", "user_history", "follow_up", "suffix", "typo", "mpc_backoff")
+# Arm scores that are counts get log1p; the others are used as they are.
+_LOG_SCORE = {"mpc", "suffix", "typo"}
+
+OTHER_FEATURES = ("log_global_count", "log_user_count", "log_user_age_days", "log_follow_count",
+                  "prefix_chars", "prefix_words", "prefix_ends_word", "extra_chars", "completion_words",
+                  "starts_with_prefix", "prev_word_overlap", "equals_prev", "in_session", "log_user_queries",
+                  "n_candidates")
+FEATURE_NAMES = tuple(f"{a}_{kind}" for a in ARM_NAMES for kind in ("score", "rrank")) + OTHER_FEATURES
+
+
+class CompletionPipeline(Pipeline):
+    """Completion arms -> fixed policy (all arms) -> union -> ranker.
+
+    Parameters
+    ----------
+    arms : list of completion arms, in :data:`ARM_NAMES` order (a subset is allowed for ablations;
+        missing arms' features are 0)
+    ranker : object with ``score(float32 (m, len(FEATURE_NAMES))) -> float32 (m,)``
+    mpc_arm, user_arm, follow_arm : the arms whose stores give the count features
+    per_arm : int
+        Candidates each arm contributes to the union.
+    """
+
+    def __init__(self, arms, ranker, mpc_arm, user_arm, follow_arm, per_arm: int = 10):
+        n = len(arms)
+        self.per_arm = int(per_arm)
+        # The uniform menu action (n >= 4), or the single arm's action: every arm gets per_arm.
+        menu = allocation_menu(n, self.per_arm * n)
+        action = n - 1 if n == 1 else len(menu) - 1
+        if n < 4 and n > 1:
+            raise ValueError("arms: a completion pipeline needs 1 or at least 4 arms")
+        super().__init__(arms, FixedPolicy(n, 1, 1, action=action), ranker)
+        self.mpc_arm = mpc_arm
+        self.user_arm = user_arm
+        self.follow_arm = follow_arm
+        self._x = np.ones(1, dtype=np.float32)
+        self._ax = np.zeros((n, 1), dtype=np.float32)
+        self._cols = [ARM_NAMES.index(a.name) for a in arms]
+        self._log = [a.name in _LOG_SCORE for a in arms]
+
+    @property
+    def budget(self) -> int:
+        return self.per_arm * len(self.arms)
+
+    def arm_depth(self, budget: int) -> int:
+        return self.per_arm
+
+    def context_x(self, query: str, context: Context) -> np.ndarray:
+        return self._x
+
+    def arm_x(self, arm_ids: list, arm_scores: list, budget: int) -> np.ndarray:
+        return self._ax
+
+    def features(self, retrieval: Retrieval, ids: Sequence[str]) -> np.ndarray:
+        """float32 (m, len(FEATURE_NAMES)) for the candidate completions ``ids`` of a retrieval."""
+        prefix = retrieval.query
+        ctx: Context = retrieval.context
+        m = len(ids)
+        X = np.zeros((m, len(FEATURE_NAMES)), dtype=np.float32)
+        row = {t: r for r, t in enumerate(ids)}
+        for col, use_log, texts, scores in zip(self._cols, self._log, retrieval.arm_ids, retrieval.arm_scores):
+            c0 = 2 * col
+            for rank, (t, s) in enumerate(zip(texts, scores)):
+                r = row.get(t)
+                if r is not None:
+                    X[r, c0] = math.log1p(max(s, 0.0)) if use_log else s
+                    X[r, c0 + 1] = 1.0 / (1.0 + rank)
+        o = 2 * len(ARM_NAMES)
+        prev = ctx.previous_queries[-1] if ctx.previous_queries else ""
+        prev_words = set(prev.split())
+        session = set(ctx.previous_queries)
+        user = ctx.user_id
+        now = ctx.timestamp
+        user_store = self.user_arm.store if (self.user_arm is not None and user) else None
+        follow_store = self.follow_arm.store if (self.follow_arm is not None and prev) else None
+        count = self.mpc_arm.count
+        p_len = len(prefix)
+        p_words = len(prefix.split())
+        ends_word = 1.0 if prefix.endswith(" ") else 0.0
+        n_user = math.log1p(user_store.size(user)) if user_store is not None else 0.0
+        for t, r in row.items():
+            words = t.split()
+            X[r, o] = math.log1p(count(t))
+            if user_store is not None:
+                uc, ts = user_store.count(user, t)
+                if uc:
+                    X[r, o + 1] = math.log1p(uc)
+                    X[r, o + 2] = math.log1p(max(0.0, (now - ts) / 86400.0)) if now else 0.0
+                else:
+                    X[r, o + 2] = -1.0
+            else:
+                X[r, o + 2] = -1.0
+            if follow_store is not None:
+                X[r, o + 3] = math.log1p(follow_store.count(prev, t)[0])
+            X[r, o + 4] = p_len
+            X[r, o + 5] = p_words
+            X[r, o + 6] = ends_word
+            X[r, o + 7] = len(t) - p_len
+            X[r, o + 8] = len(words)
+            X[r, o + 9] = 1.0 if t.startswith(prefix) else 0.0
+            if prev_words and words:
+                X[r, o + 10] = sum(1 for w in words if w in prev_words) / len(words)
+            X[r, o + 11] = 1.0 if t == prev else 0.0
+            X[r, o + 12] = 1.0 if t in session else 0.0
+            X[r, o + 13] = n_user
+            X[r, o + 14] = m
+        return X
+
+
+def ranker_training_rows(pipeline: CompletionPipeline, points, observe, *, max_groups: int | None = None):
+    """Feature rows of completion points replayed in time order, with online feedback after each.
+
+    Parameters
+    ----------
+    pipeline : CompletionPipeline (its ranker is not used)
+    points : sequence of qac.logs.CompletionPoint
+    observe : callable ``(user_id, prev_query, query, timestamp) -> None``
+        Online feedback after each point (the issued query), as the serving process applies it.
+    max_groups : int, optional
+        Stop after this many groups with a positive.
+
+    Returns
+    -------
+    X : float32 (n_rows, len(FEATURE_NAMES)); y : float32 (n_rows,) 1 for the issued query;
+    group_ptr : int64 (n_groups + 1,); stats : dict (n_points, n_groups, recall of the union)
+        Only points whose issued query is in the candidate union make a group.
+    """
+    from qac.text import normalize_prefix
+
+    rng = np.random.default_rng(0)
+    Xs, ys, sizes = [], [], []
+    n_points = n_hit = 0
+    for p in sorted(points, key=lambda q: q.timestamp):
+        n_points += 1
+        ctx = Context(user_id=p.user_id, previous_queries=(p.prev_query,) if p.prev_query else (),
+                      timestamp=int(p.timestamp))
+        r = pipeline.retrieve(normalize_prefix(p.prefix), ctx, pipeline.budget, rng)
+        ids = r.union_ids
+        if p.next_query in ids:
+            n_hit += 1
+            X = pipeline.features(r, ids)
+            y = np.fromiter((1.0 if t == p.next_query else 0.0 for t in ids), dtype=np.float32, count=len(ids))
+            Xs.append(X)
+            ys.append(y)
+            sizes.append(len(ids))
+        observe(p.user_id, p.prev_query, p.next_query, int(p.timestamp))
+        if max_groups is not None and len(sizes) >= max_groups:
+            break
+    gp = np.zeros(len(sizes) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=gp[1:])
+    X = np.concatenate(Xs) if Xs else np.zeros((0, len(FEATURE_NAMES)), np.float32)
+    y = np.concatenate(ys) if ys else np.zeros(0, np.float32)
+    return X, y, gp, {"n_points": n_points, "n_groups": len(sizes),
+                      "union_recall": n_hit / max(n_points, 1)}
