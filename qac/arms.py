@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
+import threading
 
 from qac.history import KeyedQueryCounts
 from qac.mpc import MostPopularCompletion
@@ -153,12 +154,22 @@ class SuffixArm:
 class _ShortPrefixArm:
     """An arm used only when the exact prefix has fewer than ``min_exact`` MPC completions."""
 
+    _memo = threading.local()  # (mpc id, min_exact, prefix) -> answer of the last call in this thread
+
     def __init__(self, mpc: MostPopularCompletion, min_exact: int):
         self.mpc = mpc
         self.min_exact = int(min_exact)
 
     def needed(self, prefix: str) -> bool:
-        return bool(prefix) and len(self.mpc.top_k(prefix, self.min_exact)) < self.min_exact
+        if not prefix:
+            return False
+        key = (id(self.mpc), self.min_exact, prefix)
+        last = getattr(self._memo, "last", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        answer = len(self.mpc.top_k(prefix, self.min_exact)) < self.min_exact
+        self._memo.last = (key, answer)
+        return answer
 
 
 class TypoArm(_ShortPrefixArm):

@@ -29,6 +29,7 @@ OTHER_FEATURES = ("log_global_count", "log_user_count", "log_user_age_days", "lo
                   "prefix_chars", "prefix_words", "prefix_ends_word", "extra_chars", "completion_words",
                   "starts_with_prefix", "prev_word_overlap", "equals_prev", "in_session", "log_user_queries",
                   "n_candidates")
+_MPC_COL = ARM_NAMES.index("mpc")
 FEATURE_NAMES = tuple(f"{a}_{kind}" for a in ARM_NAMES for kind in ("score", "rrank")) + OTHER_FEATURES
 
 
@@ -80,55 +81,68 @@ class CompletionPipeline(Pipeline):
         prefix = retrieval.query
         ctx: Context = retrieval.context
         m = len(ids)
-        X = np.zeros((m, len(FEATURE_NAMES)), dtype=np.float32)
         row = {t: r for r, t in enumerate(ids)}
+        arm_block = [[0.0] * (2 * len(ARM_NAMES)) for _ in range(m)]
+        known_counts: dict[str, float] = {}
         for col, use_log, texts, scores in zip(self._cols, self._log, retrieval.arm_ids, retrieval.arm_scores):
             c0 = 2 * col
+            is_mpc = col == _MPC_COL
             for rank, (t, s) in enumerate(zip(texts, scores)):
                 r = row.get(t)
                 if r is not None:
-                    X[r, c0] = math.log1p(max(s, 0.0)) if use_log else s
-                    X[r, c0 + 1] = 1.0 / (1.0 + rank)
-        o = 2 * len(ARM_NAMES)
+                    vals = arm_block[r]
+                    vals[c0] = math.log1p(max(s, 0.0)) if use_log else s
+                    vals[c0 + 1] = 1.0 / (1.0 + rank)
+                    if is_mpc:
+                        known_counts[t] = s
         prev = ctx.previous_queries[-1] if ctx.previous_queries else ""
         prev_words = set(prev.split())
         session = set(ctx.previous_queries)
         user = ctx.user_id
         now = ctx.timestamp
-        user_store = self.user_arm.store if (self.user_arm is not None and user) else None
-        follow_store = self.follow_arm.store if (self.follow_arm is not None and prev) else None
+        # One prefix lookup per store covers every candidate that starts with the prefix.
+        user_found = self.user_arm.entries(prefix, ctx) if (self.user_arm is not None and user) else None
+        follow_found = self.follow_arm.entries(prefix, ctx) if (self.follow_arm is not None and prev) else None
+        user_store = self.user_arm.store if user_found is not None else None
+        follow_store = self.follow_arm.store if follow_found is not None else None
         count = self.mpc_arm.count
         p_len = len(prefix)
-        p_words = len(prefix.split())
+        p_words = float(len(prefix.split()))
         ends_word = 1.0 if prefix.endswith(" ") else 0.0
         n_user = math.log1p(user_store.size(user)) if user_store is not None else 0.0
-        for t, r in row.items():
+        fm = float(m)
+        rows = []
+        for t, vals in zip(ids, arm_block):
+            starts = t.startswith(prefix)
             words = t.split()
-            X[r, o] = math.log1p(count(t))
-            if user_store is not None:
-                uc, ts = user_store.count(user, t)
-                if uc:
-                    X[r, o + 1] = math.log1p(uc)
-                    X[r, o + 2] = math.log1p(max(0.0, (now - ts) / 86400.0)) if now else 0.0
-                else:
-                    X[r, o + 2] = -1.0
-            else:
-                X[r, o + 2] = -1.0
-            if follow_store is not None:
-                X[r, o + 3] = math.log1p(follow_store.count(prev, t)[0])
-            X[r, o + 4] = p_len
-            X[r, o + 5] = p_words
-            X[r, o + 6] = ends_word
-            X[r, o + 7] = len(t) - p_len
-            X[r, o + 8] = len(words)
-            X[r, o + 9] = 1.0 if t.startswith(prefix) else 0.0
-            if prev_words and words:
-                X[r, o + 10] = sum(1 for w in words if w in prev_words) / len(words)
-            X[r, o + 11] = 1.0 if t == prev else 0.0
-            X[r, o + 12] = 1.0 if t in session else 0.0
-            X[r, o + 13] = n_user
-            X[r, o + 14] = m
-        return X
+            c = known_counts.get(t)
+            if c is None:
+                c = count(t)
+            uc = ts = 0
+            if user_found is not None:
+                hit = user_found.get(t) if starts else user_store.count(user, t)
+                if hit:
+                    uc, ts = hit
+            fc = 0
+            if follow_found is not None:
+                hit = follow_found.get(t) if starts else follow_store.count(prev, t)
+                if hit:
+                    fc = hit[0]
+            vals.extend((
+                math.log1p(c),
+                math.log1p(uc),
+                (math.log1p(max(0.0, (now - ts) / 86400.0)) if now else 0.0) if uc else -1.0,
+                math.log1p(fc),
+                p_len, p_words, ends_word,
+                len(t) - p_len, len(words),
+                1.0 if starts else 0.0,
+                (sum(1 for w in words if w in prev_words) / len(words)) if (prev_words and words) else 0.0,
+                1.0 if t == prev else 0.0,
+                1.0 if t in session else 0.0,
+                n_user, fm,
+            ))
+            rows.append(vals)
+        return np.array(rows, dtype=np.float32)
 
 
 def ranker_training_rows(pipeline: CompletionPipeline, points, observe, *, max_groups: int | None = None):
