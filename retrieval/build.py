@@ -239,9 +239,12 @@ def build_search_homedepot(products_path, judgments_path, out_dir: Path,
 
 
 def build_all(log_path, out_dir, *, completion_config=None, catalog=None, judgments=None, since=None,
-              until=None, search: bool = True, progress: bool = True) -> dict:
+              until=None, search: bool = True, progress: bool = True, blocklist=None) -> dict:
     """``qac build``: every artifact there is data for, assembled in a temporary sibling directory and
     renamed into ``out_dir`` at the end (a crash never leaves a half-built index).
+
+    ``blocklist`` (``qac.blocklist.Blocklist``): queries with a blocked term are left out of the
+    completion index, and the terms are stored with it for query time.
 
     Layout: ``out_dir/`` = the completion artifact; ``out_dir/search/aol/`` (from the log's clicks);
     ``out_dir/search/homedepot/`` (when ``catalog`` and ``judgments`` are given).
@@ -274,7 +277,7 @@ def build_all(log_path, out_dir, *, completion_config=None, catalog=None, judgme
         say(f"read {log_path}: {log.n_rows:,} rows, {len(log.events):,} query events "
             f"({log.n_malformed:,} malformed) in {time.perf_counter() - t:.1f} s")
         completion = build_completion(log_path, tmp, completion_config, since=since, until=until,
-                                      progress=progress, log=log, publish=False)
+                                      progress=progress, log=log, publish=False, blocklist=blocklist)
         reports: dict = {}
         if search:
             say("search (aol): catalogue, arms, ranker ...")

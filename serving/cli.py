@@ -30,8 +30,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     if args.trie_depth is not None:
         overrides["trie_depth"] = args.trie_depth
     config = BuildConfig.from_dict({**BuildConfig().to_dict(), **overrides})
+    blocklist = None
+    if args.blocklist:
+        from qac.blocklist import Blocklist
+
+        blocklist = Blocklist.load(args.blocklist)
     result = build_all(args.log, args.out, completion_config=config, catalog=args.catalog, judgments=args.judgments,
-                       since=args.since, until=args.until, search=not args.no_search, progress=not args.quiet)
+                       since=args.since, until=args.until, search=not args.no_search, progress=not args.quiet,
+                       blocklist=blocklist)
     print(result["completion"].format())
     for name, rep in result["search"].items():
         secs = ", ".join(f"{k} {v:.1f} s" for k, v in rep["seconds"].items())
@@ -168,6 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--catalog", help="Home Depot products.tsv.gz (search over products; needs --judgments)")
     b.add_argument("--judgments", help="Home Depot graded judgments (training part) for --catalog")
     b.add_argument("--no-search", action="store_true", help="build the completion index only")
+    b.add_argument("--blocklist", help="file of terms (one per line): queries containing one are left out of the "
+                   "completion index, and the terms are applied again at query time")
     b.add_argument("--quiet", action="store_true", help="no progress lines")
     b.set_defaults(func=cmd_build)
 
@@ -177,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     s.add_argument("--max-workers", type=int, default=8)
     s.add_argument("--state", help="state directory (SQLite event log + snapshots) for Search/Feedback")
+    s.add_argument("--blocklist", help="file of terms (one per line) no completion may contain, on top of the "
+                   "artifact's build-time blocklist")
     s.set_defaults(func=cmd_serve)
 
     c = sub.add_parser("complete", help="ask a running server for completions")
@@ -206,6 +216,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--decision-id", required=True)
     f.add_argument("--item", help="clicked item id")
     f.add_argument("--suggestion", help="accepted suggestion")
+    f.add_argument("--issued-query", help="the query the user issued after a Complete (not a suggestion)")
     f.add_argument("--position", type=int, default=0)
     f.set_defaults(func=cmd_feedback)
 

@@ -189,8 +189,10 @@ def feedback(
     accepted_suggestion: str | None = None,
     position: int = 0,
     timeout: float = 5.0,
+    issued_query: str | None = None,
 ) -> tuple[bool, float]:
-    """Report a click on ``clicked_item_id`` or the acceptance of ``accepted_suggestion``.
+    """Report a click on ``clicked_item_id``, the acceptance of ``accepted_suggestion``, or the query
+    the user issued after a completion (``issued_query``, not one of the suggestions).
 
     Parameters
     ----------
@@ -199,8 +201,8 @@ def feedback(
     decision_id : str
         From :func:`search` (or a completion's ``preview_decision_id``) for a click, from
         :func:`complete_with_previews` for an accepted suggestion.
-    clicked_item_id, accepted_suggestion : str or None
-        At most one may be given (the server rejects a request with neither, naming ``action``).
+    clicked_item_id, accepted_suggestion, issued_query : str or None
+        At most one may be given (the server rejects a request with none, naming ``action``).
     position : int
         0-based position of the item / suggestion in the response.
     timeout : float
@@ -215,12 +217,12 @@ def feedback(
     Raises
     ------
     ValueError
-        If both ``clicked_item_id`` and ``accepted_suggestion`` are given.
+        If more than one action is given.
     grpc.RpcError
         NOT_FOUND (unknown decision), INVALID_ARGUMENT, UNIMPLEMENTED, UNAVAILABLE, ...
     """
-    if clicked_item_id is not None and accepted_suggestion is not None:
-        raise ValueError("give at most one of clicked_item_id and accepted_suggestion")
+    if sum(v is not None for v in (clicked_item_id, accepted_suggestion, issued_query)) > 1:
+        raise ValueError("give at most one of clicked_item_id, accepted_suggestion and issued_query")
     timestamp = Timestamp()
     timestamp.GetCurrentTime()
     request = qac_service_pb2.FeedbackRequest(decision_id=decision_id, position=position,
@@ -229,6 +231,8 @@ def feedback(
         request.clicked_item_id = clicked_item_id
     if accepted_suggestion is not None:
         request.accepted_suggestion = accepted_suggestion
+    if issued_query is not None:
+        request.issued_query = issued_query
     with grpc.insecure_channel(target) as channel:
         response = qac_service_pb2_grpc.QueryServiceStub(channel).Feedback(request, timeout=timeout)
     return response.duplicate, response.reward
@@ -355,15 +359,16 @@ def main_search(args: argparse.Namespace) -> int:
 
 def main_feedback(args: argparse.Namespace) -> int:
     """``qac feedback``: args has ``target``, ``decision_id``, ``item``, ``suggestion``,
-    ``position``; exactly one of ``item`` / ``suggestion`` must be given. Prints the outcome;
-    returns 0, 2 for a usage error, or 1 on an RPC error (printed to stderr)."""
+    ``issued_query``, ``position``; exactly one of ``item`` / ``suggestion`` / ``issued_query`` must be
+    given. Prints the outcome; returns 0, 2 for a usage error, or 1 on an RPC error (printed to stderr)."""
     item, suggestion = getattr(args, "item", None), getattr(args, "suggestion", None)
-    if (item is None) == (suggestion is None):
-        print("error: give exactly one of --item and --suggestion", file=sys.stderr)
+    issued = getattr(args, "issued_query", None)
+    if sum(v is not None for v in (item, suggestion, issued)) != 1:
+        print("error: give exactly one of --item, --suggestion and --issued-query", file=sys.stderr)
         return 2
     try:
         duplicate, reward = feedback(args.target, args.decision_id, clicked_item_id=item,
-                                     accepted_suggestion=suggestion,
+                                     accepted_suggestion=suggestion, issued_query=issued,
                                      position=getattr(args, "position", 0) or 0)
     except grpc.RpcError as exc:
         return _print_rpc_error(exc)

@@ -27,6 +27,7 @@ from retrieval.catalog import Catalog
 from retrieval.pipeline import RetrieveAndRank, Retrieval
 from retrieval.policy import Decision
 from serving import state as st
+from serving.validation import InvalidArgument
 from serving.search_types import (
     FeedbackOutcome,
     SearchContext,
@@ -126,17 +127,22 @@ def retrieval_from_payload(p: dict) -> tuple[Retrieval, Context]:
 
 
 class SearchOnlineState:
-    """The online state of every catalogue (bandit, online arms, arm hit rates): a ``serving.state``
-    ``OnlineState``. ``apply`` is deterministic: it replays a committed feedback event from its
-    decision payload only."""
+    """The online state of every catalogue (bandit, online arms, arm hit rates) and of the completer
+    (user histories, global counts, follow-ups): a ``serving.state`` ``OnlineState``. ``apply`` is
+    deterministic: it replays a committed feedback event from its payloads only."""
 
-    def __init__(self, engines: dict[str, CatalogEngine]):
+    def __init__(self, engines: dict[str, CatalogEngine], completer=None):
         self.engines = engines
+        self.completer = completer
         self.n_completion_feedback = 0
 
     def apply(self, event: st.FeedbackEvent) -> None:
         if event.kind != "search":
             self.n_completion_feedback += 1
+            if self.completer is not None:
+                d = event.decision
+                ts = int(event.payload.get("timestamp") or d.get("timestamp") or 0)
+                self.completer.observe(d.get("user_id", ""), d.get("previous_query", ""), event.item, ts)
             return
         ce = self.engines[event.decision["catalog"]]
         r, ctx = retrieval_from_payload(event.decision)
@@ -145,6 +151,9 @@ class SearchOnlineState:
 
     def _arrays(self) -> dict[str, np.ndarray]:
         out = {"n_completion_feedback": np.array([self.n_completion_feedback], np.int64)}
+        if self.completer is not None:
+            for k, v in self.completer.online_state_arrays().items():
+                out[f"completion/{k}"] = np.asarray(v)
         for name, ce in self.engines.items():
             e = ce.engine
             for k, v in e.policy.state_arrays().items():
@@ -163,6 +172,11 @@ class SearchOnlineState:
     def load_snapshot(self, blob: bytes) -> None:
         _, arrays = st.unpack_arrays(blob)
         self.n_completion_feedback = int(arrays["n_completion_feedback"][0])
+        if self.completer is not None:
+            self.completer.reset_online()
+            mine = {k[len("completion/"):]: v for k, v in arrays.items() if k.startswith("completion/")}
+            if mine:
+                self.completer.load_online_state(mine)
         for name, ce in self.engines.items():
             e = ce.engine
 
@@ -180,13 +194,14 @@ class SearchOnlineState:
 class SearchService:
     """Implements the servicer's search interface (``serving.search_types.SearchServiceLike``)."""
 
-    def __init__(self, engines: dict[str, CatalogEngine], store: st.StateStore, seed: int | None = None):
+    def __init__(self, engines: dict[str, CatalogEngine], store: st.StateStore, seed: int | None = None,
+                 completer=None):
         if not engines:
             raise ValueError("engines: no search catalogue to serve")
         self.engines = engines
         self.default_catalog = "aol" if "aol" in engines else sorted(engines)[0]
         self.store = store
-        self.state = SearchOnlineState(engines)
+        self.state = SearchOnlineState(engines, completer)
         self._seed = np.random.SeedSequence(seed)
         self._local = threading.local()
         self.recovery = store.recover(self.state)
@@ -227,11 +242,18 @@ class SearchService:
         return SearchResult(decision_id, hits, ce.version), r
 
     def feedback(self, decision_id: str, clicked_item_id: str | None, accepted_suggestion: str | None,
-                 position: int, timestamp: int) -> FeedbackOutcome:
-        """Commit the event, then apply it to the online state (in commit order). Duplicates count once."""
-        item = clicked_item_id if clicked_item_id is not None else accepted_suggestion
+                 position: int, timestamp: int, *, issued_query: str | None = None) -> FeedbackOutcome:
+        """Commit the event, then apply it to the online state (in commit order). Duplicates count once.
+
+        ``issued_query`` (the query the user issued after a Complete, not one of its suggestions) is
+        accepted for completion decisions only and learned like an accepted suggestion."""
+        item = next(v for v in (clicked_item_id, accepted_suggestion, issued_query, "") if v is not None)
 
         def validate(event: st.FeedbackEvent) -> None:
+            if issued_query is not None:
+                if event.kind != "complete":
+                    raise InvalidArgument("action", "issued_query needs a Complete decision")
+                return
             if event.kind == "search":
                 if clicked_item_id is None:
                     raise UnknownItem(item, "suggestion")
@@ -240,9 +262,11 @@ class SearchService:
             elif accepted_suggestion is None or item not in event.decision.get("completions", ()):
                 raise UnknownItem(item, "suggestion")
 
+        payload = {"timestamp": int(timestamp)}
+        if issued_query is not None:
+            payload["action"] = "issued_query"
         try:
-            res = st.apply_feedback(self.store, self.state, decision_id, item, position,
-                                    {"timestamp": int(timestamp)}, validate=validate)
+            res = st.apply_feedback(self.store, self.state, decision_id, item, position, payload, validate=validate)
         except st.UnknownDecision:
             raise UnknownDecision(decision_id) from None
         if res.duplicate:
@@ -252,15 +276,16 @@ class SearchService:
             ce = self.engines[ev.decision["catalog"]]
             reward = 1.0 if ce.catalog.id_of(item) in set(ev.decision["union"]) else 0.0
         else:
-            reward = 1.0
+            reward = 0.0 if issued_query is not None else 1.0
         return FeedbackOutcome(duplicate=False, reward=reward)
 
     def record_completion(self, context: SearchContext, prefix: str, completions: list[str]) -> str:
         """Log a Complete answer as a decision (so Feedback can accept one of its suggestions)."""
         decision_id = uuid.uuid4().hex
+        prev = context.previous_queries[-1] if context.previous_queries else ""
         self.store.record_decision(decision_id, "complete", {
             "prefix": prefix, "completions": list(completions), "user_id": context.user_id,
-            "timestamp": int(context.timestamp)})
+            "previous_query": prev, "timestamp": int(context.timestamp)})
         return decision_id
 
     def warmup(self) -> None:
@@ -277,10 +302,13 @@ class SearchService:
         self.store.close(self.state)
 
 
-def load_search_service(artifacts_dir: str | os.PathLike, state_dir: str | os.PathLike | None = None) -> SearchService:
+def load_search_service(artifacts_dir: str | os.PathLike, state_dir: str | os.PathLike | None = None,
+                        completer=None) -> SearchService:
     """Load every ``DIR/search/<catalog>`` artifact and open (or create) the state directory.
 
-    ``state_dir`` defaults to ``<artifacts_dir>.state`` beside the artifacts.
+    ``state_dir`` defaults to ``<artifacts_dir>.state`` beside the artifacts. ``completer`` (a
+    ``qac.completer.Completer``) gets the completion feedback (accepted suggestions, issued queries)
+    online and in the snapshots, and is brought to the acknowledged state by the recovery.
     """
     root = Path(artifacts_dir) / SEARCH_DIR
     engines = {}
@@ -289,4 +317,4 @@ def load_search_service(artifacts_dir: str | os.PathLike, state_dir: str | os.Pa
         engines[ce.name] = ce
     state = Path(state_dir) if state_dir else Path(str(Path(artifacts_dir).absolute()) + ".state")
     state.mkdir(parents=True, exist_ok=True)
-    return SearchService(engines, st.StateStore(state))
+    return SearchService(engines, st.StateStore(state), completer=completer)

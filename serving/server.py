@@ -21,6 +21,7 @@ are imported only inside :func:`load_completer` / :func:`load_search_service`.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import sys
@@ -236,7 +237,8 @@ def create_server(config: ServerConfig, completer: CompleterLike | None = None,
 def serve(
     config: ServerConfig,
     load_completer: Callable[[str | Path | None], CompleterLike],
-    load_search_service: Callable[[str | Path | None, str | Path | None], SearchServiceLike] | None = None,
+    load_search_service: Callable[[str | Path | None, str | Path | None, CompleterLike], SearchServiceLike]
+    | None = None,
     *,
     out: TextIO | None = None,
     stop_event: threading.Event | None = None,
@@ -245,7 +247,7 @@ def serve(
 
     Listens first (health NOT_SERVING), then in a background thread calls
     ``load_completer(config.artifacts)`` and, if given,
-    ``load_search_service(config.artifacts, config.state_dir)``, warms both up and installs them
+    ``load_search_service(config.artifacts, config.state_dir, completer)``, warms both up and installs them
     (search first); once healthy, writes the single line ``serving on HOST:PORT`` to ``out``
     (stdout) and flushes it. On shutdown, after in-flight requests finished, it calls the search
     service's ``close()`` (if it has one).
@@ -300,7 +302,7 @@ def serve(
             try:
                 completer = load_completer(config.artifacts)
                 if load_search_service is not None:
-                    search_service = load_search_service(config.artifacts, config.state_dir)
+                    search_service = load_search_service(config.artifacts, config.state_dir, completer)
                     server.set_search_service(search_service)  # installed: the main thread closes it
                 server.set_completer(completer)
             except BaseException as exc:  # reported by the main thread
@@ -359,23 +361,26 @@ def _close_search_service(server: QacServer) -> bool:
     return True
 
 
-def load_completer(artifacts: str | Path | None) -> CompleterLike:
-    """Load the real completer (``qac.completer.Completer.load``); imported lazily."""
+def load_completer(artifacts: str | Path | None, blocklist: str | Path | None = None) -> CompleterLike:
+    """Load the real completer (``qac.completer.Completer.load``); imported lazily.
+
+    ``blocklist``: a file of terms removed from every answer, on top of the artifact's own."""
     if artifacts is None:
         raise ValueError("artifacts: an artifact directory is required")
-    from qac.completer import Completer  # noqa: PLC0415 - keep `import serving.server` light
+    from qac.blocklist import Blocklist  # noqa: PLC0415 - keep `import serving.server` light
+    from qac.completer import Completer  # noqa: PLC0415
 
-    return Completer.load(artifacts)
+    return Completer.load(artifacts, blocklist=Blocklist.load(blocklist) if blocklist else None)
 
 
 def load_search_service(artifacts: str | Path | None,
-                        state_dir: str | Path | None) -> SearchServiceLike:
+                        state_dir: str | Path | None, completer: CompleterLike | None = None) -> SearchServiceLike:
     """Load the real search service (``serving.search_service.load_search_service``); imported lazily."""
     if artifacts is None:
         raise ValueError("artifacts: an artifact directory is required")
     from serving.search_service import load_search_service as load  # noqa: PLC0415 - keep imports light
 
-    return load(artifacts, state_dir)
+    return load(artifacts, state_dir, completer)
 
 
 def search_loader_for(artifacts: str | Path | None) -> Callable | None:
@@ -404,8 +409,18 @@ def main_serve(args: argparse.Namespace) -> int:
         logger.info("no search/ in %s: serving completion only", config.artifacts)
         if state_dir is not None:
             logger.warning("--state %s is ignored: the artifacts have no search index", state_dir)
+    blocklist = getattr(args, "blocklist", None)
+    if blocklist:
+        from qac.blocklist import Blocklist, BlocklistError  # noqa: PLC0415
+
+        try:
+            Blocklist.load(blocklist)  # fail before binding, with the file and line
+        except BlocklistError as exc:
+            print(f"error: --blocklist {exc}", file=sys.stderr)
+            return 2
     try:
-        return serve(config, load_completer, search_loader)
+        return serve(config, functools.partial(load_completer, blocklist=blocklist) if blocklist else load_completer,
+                     search_loader)
     except RuntimeError as exc:  # bind failure
         print(f"error: {exc}", file=sys.stderr)
         return 1

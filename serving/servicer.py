@@ -73,7 +73,8 @@ class CompleterLike(Protocol):
     (called by the server before it reports SERVING).
     """
 
-    def complete(self, previous_queries: list[str], prefix: str, k: int) -> Sequence[CompletionLike]:
+    def complete(self, previous_queries: list[str], prefix: str, k: int, *, user_id: str = "",
+                 timestamp: int = 0) -> Sequence[CompletionLike]:
         ...
 
 
@@ -109,6 +110,11 @@ def _unix_seconds(message: Any, field: str) -> int:
     if message.HasField(field):
         return int(getattr(message, field).seconds)
     return int(time.time())
+
+
+def _highlight(completion: Any) -> tuple[int, int]:
+    """``completion.highlight`` if the completer gives one, else no highlight."""
+    return tuple(getattr(completion, "highlight", (0, 0)))
 
 
 def _search_context(session: qac_service_pb2.Session) -> SearchContext:
@@ -180,14 +186,16 @@ class QueryServiceServicer:
         if request.preview_k > 0 and search_service is None:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, NO_SEARCH_MESSAGE)
         try:
-            results = completer.complete(previous_queries, prefix, k)
+            search_context = _search_context(request.session)
+            results = completer.complete(previous_queries, prefix, k, user_id=search_context.user_id,
+                                         timestamp=search_context.timestamp)
             completions = [
-                qac_service_pb2.Completion(text=c.text, score=float(c.score), source=c.source)
+                qac_service_pb2.Completion(text=c.text, score=float(c.score), source=c.source,
+                                           highlight_start=_highlight(c)[0], highlight_end=_highlight(c)[1])
                 for c in results
             ]
             decision_id = ""
             if search_service is not None:
-                search_context = _search_context(request.session)
                 if request.preview_k > 0:
                     n_previews = request.preview_completions or self.limits.default_preview_completions
                     for completion in completions[:n_previews]:
@@ -263,6 +271,7 @@ class QueryServiceServicer:
                 request.accepted_suggestion if action == "accepted_suggestion" else None,
                 int(request.position),
                 _unix_seconds(request, "timestamp"),
+                issued_query=request.issued_query if action == "issued_query" else None,
             )
             return qac_service_pb2.FeedbackResponse(duplicate=bool(outcome.duplicate),
                                                     reward=float(outcome.reward))

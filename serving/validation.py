@@ -274,7 +274,7 @@ def validate_feedback_request(
     InvalidArgument
         For the first violation found: ``decision_id`` empty or longer than
         ``max_decision_id_chars``; ``action`` unset, or its value empty; ``clicked_item_id``
-        longer than ``max_item_id_chars`` / ``accepted_suggestion`` longer than
+        longer than ``max_item_id_chars`` / ``accepted_suggestion`` or ``issued_query`` longer than
         ``max_query_chars``; ``position`` outside ``0..max_position``; ``timestamp`` outside
         1970..9999 or with bad nanos.
     """
@@ -283,14 +283,15 @@ def validate_feedback_request(
     _check_length("decision_id", request.decision_id, limits.max_decision_id_chars)
     action = request.WhichOneof("action")
     if action is None:
-        raise InvalidArgument("action", "exactly one of clicked_item_id or accepted_suggestion is required")
+        raise InvalidArgument("action", "exactly one of clicked_item_id, accepted_suggestion or issued_query "
+                                        "is required")
     value = getattr(request, action)
     if not value.strip():
         raise InvalidArgument("action", f"{action} must not be empty or only whitespace")
     if action == "clicked_item_id":
         _check_length("clicked_item_id", value, limits.max_item_id_chars)
     else:
-        _check_length("accepted_suggestion", value, limits.max_query_chars)
+        _check_length(action, value, limits.max_query_chars)
     _check_range("position", request.position, 0, limits.max_position)
     if request.HasField("timestamp"):
         _check_timestamp("timestamp", request.timestamp)

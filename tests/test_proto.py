@@ -55,6 +55,8 @@ def test_message_fields():
         "source": (3, FD.TYPE_STRING, False),
         "preview": (4, FD.TYPE_MESSAGE, True),
         "preview_decision_id": (5, FD.TYPE_STRING, False),
+        "highlight_start": (6, FD.TYPE_INT32, False),
+        "highlight_end": (7, FD.TYPE_INT32, False),
     }
     assert shape(qac_service_pb2.CompleteResponse) == {
         "completions": (1, FD.TYPE_MESSAGE, True),
@@ -84,9 +86,10 @@ def test_message_fields():
         "accepted_suggestion": (3, FD.TYPE_STRING, False),
         "position": (4, FD.TYPE_INT32, False),
         "timestamp": (5, FD.TYPE_MESSAGE, False),
+        "issued_query": (6, FD.TYPE_STRING, False),
     }
     assert [f.name for f in qac_service_pb2.FeedbackRequest.DESCRIPTOR.oneofs_by_name["action"].fields] == [
-        "clicked_item_id", "accepted_suggestion",
+        "clicked_item_id", "accepted_suggestion", "issued_query",
     ]
     assert shape(qac_service_pb2.FeedbackResponse) == {
         "duplicate": (1, FD.TYPE_BOOL, False),

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from serving.pb.qac.v1 import internal_raw_pb2, qac_service_pb2, qac_service_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
-SOURCES = {"xr_linear", "mpc", "suffix", "mpc_backoff"}
+SOURCES = {"xr_linear", "mpc", "user_history", "follow_up", "suffix", "typo", "mpc_backoff"}
 # A slice of the real shared log keeps the build to a few seconds: two weeks to build from, the
 # following day to ask about.
 BUILD_SINCE, BUILD_UNTIL, ASK_UNTIL = "2006-03-01", "2006-03-15", "2006-03-16"
@@ -113,7 +114,8 @@ def test_grpc_answers_equal_in_process_answers(server, in_process, real_points):
     for p in real_points:
         prev = [p.prev_query] if p.prev_query else []
         over_grpc = client.complete(server.target, p.prefix, prev, k=10, session_id="e2e", user_id=p.user_id)
-        local = in_process.complete(prev, p.prefix, 10)
+        # The client stamps the request with its clock; ages of years make a second's skew invisible in float32.
+        local = in_process.complete(prev, p.prefix, 10, user_id=p.user_id, timestamp=int(time.time()))
         assert [(t, src) for t, _, src in over_grpc] == [(c.text, c.source) for c in local]
         assert [s for _, s, _ in over_grpc] == pytest.approx([c.score for c in local], rel=1e-6)
         assert len({t for t, _, _ in over_grpc}) == len(over_grpc)

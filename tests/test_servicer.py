@@ -53,7 +53,7 @@ class FakeCompleter:
     def warmup(self) -> None:
         self.n_warmups += 1
 
-    def complete(self, previous_queries, prefix, k):
+    def complete(self, previous_queries, prefix, k, *, user_id="", timestamp=0):
         self.calls.append((previous_queries, prefix, k))
         if self.error is not None:
             raise self.error
@@ -145,7 +145,7 @@ def test_unicode_and_empty_session_round_trip(start_server, channel_to):
 
 def test_model_version_falls_back_to_empty(start_server, channel_to):
     class NoVersion:
-        def complete(self, previous_queries, prefix, k):
+        def complete(self, previous_queries, prefix, k, *, user_id="", timestamp=0):
             return [FakeCompletion(prefix, 1.0, "mpc")]
 
     _, target = start_server(NoVersion())
@@ -374,7 +374,7 @@ def test_graceful_stop_reports_not_serving_and_finishes_in_flight_calls(start_se
     entered, release = threading.Event(), threading.Event()
 
     class Slow(FakeCompleter):
-        def complete(self, previous_queries, prefix, k):
+        def complete(self, previous_queries, prefix, k, *, user_id="", timestamp=0):
             entered.set()
             release.wait(10)
             return super().complete(previous_queries, prefix, k)

@@ -92,7 +92,7 @@ class FakeSearchService:
                 raise self.error
             return self._new_decision("completion", tuple(completions))
 
-    def feedback(self, decision_id, clicked_item_id, accepted_suggestion, position, timestamp):
+    def feedback(self, decision_id, clicked_item_id, accepted_suggestion, position, timestamp, *, issued_query=None):
         with self._lock:
             self.calls.append(("feedback", decision_id, clicked_item_id, accepted_suggestion, position,
                                timestamp))
@@ -321,7 +321,7 @@ INVALID_FEEDBACK = [
     ("no decision", _set("decision_id", ""), "decision_id: is required"),
     ("long decision", _set("decision_id", "d" * 65), "decision_id: longer than 64 characters (got 65)"),
     ("no action", _clear("clicked_item_id"),
-     "action: exactly one of clicked_item_id or accepted_suggestion is required"),
+     "action: exactly one of clicked_item_id, accepted_suggestion or issued_query is required"),
     ("empty item", _action("clicked_item_id", ""), "action: clicked_item_id must not be empty or only whitespace"),
     ("blank item", _action("clicked_item_id", "  "),
      "action: clicked_item_id must not be empty or only whitespace"),
@@ -704,7 +704,7 @@ def test_serve_loads_search_service_and_closes_it_on_shutdown():
     fake = FakeSearchService()
     seen = []
 
-    def load_search(artifacts, state_dir):
+    def load_search(artifacts, state_dir, completer=None):
         seen.append((artifacts, state_dir))
         return fake
 
@@ -732,7 +732,7 @@ def test_serve_returns_1_and_closes_search_when_the_completer_warmup_fails():
             raise RuntimeError("kernel compile failed")
 
     out, stop, runner, result = _run_serve(ServerConfig(artifacts="/nowhere"), lambda a: BadWarmup(),
-                                           lambda a, s: fake)
+                                           lambda a, s, c=None: fake)
     runner.join(10)
     assert result["rc"] == 1 and out.getvalue() == ""
     assert fake.n_closes == 1
@@ -745,14 +745,14 @@ def test_serve_returns_1_and_closes_search_when_its_warmup_fails():
 
     fake = BadSearchWarmup()
     out, stop, runner, result = _run_serve(ServerConfig(artifacts="/nowhere"), lambda a: FakeCompleter(),
-                                           lambda a, s: fake)
+                                           lambda a, s, c=None: fake)
     runner.join(10)
     assert result["rc"] == 1 and out.getvalue() == ""
     assert fake.n_closes == 1
 
 
 def test_serve_returns_1_when_the_search_service_fails_to_load():
-    def load_search(artifacts, state_dir):
+    def load_search(artifacts, state_dir, completer=None):
         raise FileNotFoundError(f"{artifacts}/search/manifest.json")
 
     out, stop, runner, result = _run_serve(ServerConfig(artifacts="/nowhere"), lambda a: FakeCompleter(),

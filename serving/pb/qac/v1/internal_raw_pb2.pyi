@@ -50,15 +50,17 @@ class RawSearchRequest(_message.Message):
     def __init__(self, session: _Optional[_Union[RawSession, _Mapping]] = ..., query: _Optional[bytes] = ..., k: _Optional[int] = ..., catalog: _Optional[bytes] = ...) -> None: ...
 
 class RawFeedbackRequest(_message.Message):
-    __slots__ = ("decision_id", "clicked_item_id", "accepted_suggestion", "position", "timestamp")
+    __slots__ = ("decision_id", "clicked_item_id", "accepted_suggestion", "issued_query", "position", "timestamp")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     CLICKED_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_SUGGESTION_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_QUERY_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     decision_id: bytes
     clicked_item_id: bytes
     accepted_suggestion: bytes
+    issued_query: bytes
     position: int
     timestamp: _timestamp_pb2.Timestamp
-    def __init__(self, decision_id: _Optional[bytes] = ..., clicked_item_id: _Optional[bytes] = ..., accepted_suggestion: _Optional[bytes] = ..., position: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, decision_id: _Optional[bytes] = ..., clicked_item_id: _Optional[bytes] = ..., accepted_suggestion: _Optional[bytes] = ..., issued_query: _Optional[bytes] = ..., position: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#serving/pb/qac/v1/qac_service.proto\x12\x06qac.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"w\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10previous_queries\x18\x03 \x03(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x0f\x43ompleteRequest\x12 \n\x07session\x18\x01 \x01(\x0b\x32\x0f.qac.v1.Session\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x11\n\tpreview_k\x18\x04 \x01(\x05\x12\x1b\n\x13preview_completions\x18\x05 \x01(\x05\x12\x0f\n\x07\x63\x61talog\x18\x06 \x01(\t\"{\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06source\x18\x03 \x01(\t\x12#\n\x07preview\x18\x04 \x03(\x0b\x32\x12.qac.v1.SearchItem\x12\x1b\n\x13preview_decision_id\x18\x05 \x01(\t\"g\n\x10\x43ompleteResponse\x12\'\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x12.qac.v1.Completion\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\"\\\n\rSearchRequest\x12 \n\x07session\x18\x01 \x01(\x0b\x32\x0f.qac.v1.Session\x12\r\n\x05query\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x0f\n\x07\x63\x61talog\x18\x04 \x01(\t\"H\n\nSearchItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04\x61rms\x18\x04 \x03(\t\"_\n\x0eSearchResponse\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.qac.v1.SearchItem\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\xab\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x19\n\x0f\x63licked_item_id\x18\x02 \x01(\tH\x00\x12\x1d\n\x13\x61\x63\x63\x65pted_suggestion\x18\x03 \x01(\tH\x00\x12\x10\n\x08position\x18\x04 \x01(\x05\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06\x61\x63tion\"5\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0e\n\x06reward\x18\x02 \x01(\x02\x32\xc5\x01\n\x0cQueryService\x12=\n\x08\x43omplete\x12\x17.qac.v1.CompleteRequest\x1a\x18.qac.v1.CompleteResponse\x12\x37\n\x06Search\x12\x15.qac.v1.SearchRequest\x1a\x16.qac.v1.SearchResponse\x12=\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x17.qac.v1.FeedbackRequest\x1a\x18.qac.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#serving/pb/qac/v1/qac_service.proto\x12\x06qac.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"w\n\x07Session\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\x18\n\x10previous_queries\x18\x03 \x03(\t\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x0f\x43ompleteRequest\x12 \n\x07session\x18\x01 \x01(\x0b\x32\x0f.qac.v1.Session\x12\x0e\n\x06prefix\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x11\n\tpreview_k\x18\x04 \x01(\x05\x12\x1b\n\x13preview_completions\x18\x05 \x01(\x05\x12\x0f\n\x07\x63\x61talog\x18\x06 \x01(\t\"\xab\x01\n\nCompletion\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\x0e\n\x06source\x18\x03 \x01(\t\x12#\n\x07preview\x18\x04 \x03(\x0b\x32\x12.qac.v1.SearchItem\x12\x1b\n\x13preview_decision_id\x18\x05 \x01(\t\x12\x17\n\x0fhighlight_start\x18\x06 \x01(\x05\x12\x15\n\rhighlight_end\x18\x07 \x01(\x05\"g\n\x10\x43ompleteResponse\x12\'\n\x0b\x63ompletions\x18\x01 \x03(\x0b\x32\x12.qac.v1.Completion\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x03 \x01(\t\"\\\n\rSearchRequest\x12 \n\x07session\x18\x01 \x01(\x0b\x32\x0f.qac.v1.Session\x12\r\n\x05query\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\x05\x12\x0f\n\x07\x63\x61talog\x18\x04 \x01(\t\"H\n\nSearchItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x0c\n\x04text\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x0c\n\x04\x61rms\x18\x04 \x03(\t\"_\n\x0eSearchResponse\x12!\n\x05items\x18\x01 \x03(\x0b\x32\x12.qac.v1.SearchItem\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x02 \x01(\t\x12\x15\n\rmodel_version\x18\x03 \x01(\t\"\xc3\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x19\n\x0f\x63licked_item_id\x18\x02 \x01(\tH\x00\x12\x1d\n\x13\x61\x63\x63\x65pted_suggestion\x18\x03 \x01(\tH\x00\x12\x16\n\x0cissued_query\x18\x06 \x01(\tH\x00\x12\x10\n\x08position\x18\x04 \x01(\x05\x12-\n\ttimestamp\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06\x61\x63tion\"5\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\x12\x0e\n\x06reward\x18\x02 \x01(\x02\x32\xc5\x01\n\x0cQueryService\x12=\n\x08\x43omplete\x12\x17.qac.v1.CompleteRequest\x1a\x18.qac.v1.CompleteResponse\x12\x37\n\x06Search\x12\x15.qac.v1.SearchRequest\x1a\x16.qac.v1.SearchResponse\x12=\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x17.qac.v1.FeedbackRequest\x1a\x18.qac.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,20 +36,20 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSION']._serialized_end=199
   _globals['_COMPLETEREQUEST']._serialized_start=202
   _globals['_COMPLETEREQUEST']._serialized_end=345
-  _globals['_COMPLETION']._serialized_start=347
-  _globals['_COMPLETION']._serialized_end=470
-  _globals['_COMPLETERESPONSE']._serialized_start=472
-  _globals['_COMPLETERESPONSE']._serialized_end=575
-  _globals['_SEARCHREQUEST']._serialized_start=577
-  _globals['_SEARCHREQUEST']._serialized_end=669
-  _globals['_SEARCHITEM']._serialized_start=671
-  _globals['_SEARCHITEM']._serialized_end=743
-  _globals['_SEARCHRESPONSE']._serialized_start=745
-  _globals['_SEARCHRESPONSE']._serialized_end=840
-  _globals['_FEEDBACKREQUEST']._serialized_start=843
-  _globals['_FEEDBACKREQUEST']._serialized_end=1014
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1016
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1069
-  _globals['_QUERYSERVICE']._serialized_start=1072
-  _globals['_QUERYSERVICE']._serialized_end=1269
+  _globals['_COMPLETION']._serialized_start=348
+  _globals['_COMPLETION']._serialized_end=519
+  _globals['_COMPLETERESPONSE']._serialized_start=521
+  _globals['_COMPLETERESPONSE']._serialized_end=624
+  _globals['_SEARCHREQUEST']._serialized_start=626
+  _globals['_SEARCHREQUEST']._serialized_end=718
+  _globals['_SEARCHITEM']._serialized_start=720
+  _globals['_SEARCHITEM']._serialized_end=792
+  _globals['_SEARCHRESPONSE']._serialized_start=794
+  _globals['_SEARCHRESPONSE']._serialized_end=889
+  _globals['_FEEDBACKREQUEST']._serialized_start=892
+  _globals['_FEEDBACKREQUEST']._serialized_end=1087
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1089
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1142
+  _globals['_QUERYSERVICE']._serialized_start=1145
+  _globals['_QUERYSERVICE']._serialized_end=1342
 # @@protoc_insertion_point(module_scope)

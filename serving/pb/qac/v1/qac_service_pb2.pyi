@@ -38,18 +38,22 @@ class CompleteRequest(_message.Message):
     def __init__(self, session: _Optional[_Union[Session, _Mapping]] = ..., prefix: _Optional[str] = ..., k: _Optional[int] = ..., preview_k: _Optional[int] = ..., preview_completions: _Optional[int] = ..., catalog: _Optional[str] = ...) -> None: ...
 
 class Completion(_message.Message):
-    __slots__ = ("text", "score", "source", "preview", "preview_decision_id")
+    __slots__ = ("text", "score", "source", "preview", "preview_decision_id", "highlight_start", "highlight_end")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_FIELD_NUMBER: _ClassVar[int]
     PREVIEW_DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    HIGHLIGHT_START_FIELD_NUMBER: _ClassVar[int]
+    HIGHLIGHT_END_FIELD_NUMBER: _ClassVar[int]
     text: str
     score: float
     source: str
     preview: _containers.RepeatedCompositeFieldContainer[SearchItem]
     preview_decision_id: str
-    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., preview: _Optional[_Iterable[_Union[SearchItem, _Mapping]]] = ..., preview_decision_id: _Optional[str] = ...) -> None: ...
+    highlight_start: int
+    highlight_end: int
+    def __init__(self, text: _Optional[str] = ..., score: _Optional[float] = ..., source: _Optional[str] = ..., preview: _Optional[_Iterable[_Union[SearchItem, _Mapping]]] = ..., preview_decision_id: _Optional[str] = ..., highlight_start: _Optional[int] = ..., highlight_end: _Optional[int] = ...) -> None: ...
 
 class CompleteResponse(_message.Message):
     __slots__ = ("completions", "model_version", "decision_id")
@@ -96,18 +100,20 @@ class SearchResponse(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[SearchItem, _Mapping]]] = ..., decision_id: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("decision_id", "clicked_item_id", "accepted_suggestion", "position", "timestamp")
+    __slots__ = ("decision_id", "clicked_item_id", "accepted_suggestion", "issued_query", "position", "timestamp")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     CLICKED_ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     ACCEPTED_SUGGESTION_FIELD_NUMBER: _ClassVar[int]
+    ISSUED_QUERY_FIELD_NUMBER: _ClassVar[int]
     POSITION_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     clicked_item_id: str
     accepted_suggestion: str
+    issued_query: str
     position: int
     timestamp: _timestamp_pb2.Timestamp
-    def __init__(self, decision_id: _Optional[str] = ..., clicked_item_id: _Optional[str] = ..., accepted_suggestion: _Optional[str] = ..., position: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, decision_id: _Optional[str] = ..., clicked_item_id: _Optional[str] = ..., accepted_suggestion: _Optional[str] = ..., issued_query: _Optional[str] = ..., position: _Optional[int] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class FeedbackResponse(_message.Message):
     __slots__ = ("duplicate", "reward")

@@ -112,8 +112,12 @@ class QueryServiceServicer:
         """What the user did with a Search or Complete response. Every acknowledged
         (OK) event is durably recorded before the call returns.
 
+        Accepted suggestions and issued queries are learned online: the user's
+        history, the global query counts and the session follow-up memory are
+        updated before the call returns (the next Complete sees them).
+
         Idempotent: repeating an event, i.e. the same decision_id with the same
-        clicked_item_id (or the same accepted_suggestion), e.g. a client retry
+        clicked_item_id (or the same accepted_suggestion / issued_query), e.g. a client retry
         after a timeout, answers OK with duplicate = true and reward = 0 and
         changes nothing, so each event is counted once. A click on another item
         of the same decision is a new event.
@@ -123,7 +127,8 @@ class QueryServiceServicer:
         over-long decision_id, no action or an empty one, over-long item id or
         suggestion, position out of range, invalid timestamp, invalid UTF-8) and
         "action: item <id> was not among the decision's results" when the
-        clicked item (or accepted suggestion) was not in that response.
+        clicked item (or accepted suggestion) was not in that response, or
+        "action: issued_query needs a Complete decision" for a search decision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
