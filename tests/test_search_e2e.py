@@ -242,3 +242,44 @@ def test_kill_9_during_a_feedback_stream_loses_nothing_acknowledged(artifacts, a
         fresh.store.close()
     for k in rec:
         np.testing.assert_array_equal(rec[k], replayed[k], err_msg=k)
+
+
+def test_completion_feedback_is_learned_online_and_recovered_from_the_state(artifacts, asks, tmp_path):
+    """Accepted suggestions and issued queries reach the completer before Feedback returns, are
+    counted once, and a restarted service (snapshot + replay) has them again."""
+    from qac.completer import Completer
+    from serving.validation import InvalidArgument
+
+    state = tmp_path / "state"
+    comp = Completer.load(artifacts)
+    ce = load_engine(artifacts / SEARCH_DIR / "aol")
+    svc = SearchService({ce.name: ce}, st.StateStore(state), seed=0, completer=comp)
+    user, ts, issued = "777", asks[0][2], "zqx brand new query"
+    ctx = SearchContext(session_id="s", user_id=user, previous_queries=("weather",), timestamp=ts)
+    shown = [c.text for c in comp.complete(["weather"], "zqx", 5, user_id=user, timestamp=ts)]
+    assert issued not in shown
+    decision = svc.record_completion(ctx, "zqx", shown)
+    first = svc.feedback(decision, None, None, 0, ts + 5, issued_query=issued)
+    assert not first.duplicate and first.reward == 0.0
+    assert svc.feedback(decision, None, None, 0, ts + 5, issued_query=issued).duplicate
+    assert comp.user_history.count(user, issued)[0] == 1 and comp.follow_up.count("weather", issued)[0] == 1
+    assert comp.arm_complete("user_history", ["weather"], "zqx", 5, user_id=user, timestamp=ts) == [issued]
+    if shown:
+        assert svc.feedback(decision, None, shown[0], 0, ts + 6).reward == 1.0
+    searched = svc.search(asks[1][1], ctx, 5)
+    with pytest.raises(InvalidArgument, match="issued_query needs a Complete decision"):
+        svc.feedback(searched.decision_id, None, None, 0, ts, issued_query=issued)
+    want = comp.online_state_arrays()
+    svc.close()
+
+    again = Completer.load(artifacts)
+    ce2 = load_engine(artifacts / SEARCH_DIR / "aol")
+    svc2 = SearchService({ce2.name: ce2}, st.StateStore(state), seed=0, completer=again)
+    try:
+        got = again.online_state_arrays()
+        assert sorted(got) == sorted(want)
+        for key in want:
+            assert np.array_equal(got[key], want[key]), key
+        assert again.user_history.count(user, issued)[0] == 1
+    finally:
+        svc2.close()
