@@ -8,13 +8,15 @@ Usage::
 1. Builds the completion index from ``--log`` (events before ``--until``) unless ``--artifacts`` holds
    one already; reports the build's wall time and per-stage times.
 2. Times ``Completer.complete`` (raw strings -> final list, k=10, one call at a time, after warm-up)
-   on real (previous query, prefix) requests from ``--queries-since``; baseline in the same run:
-   most-popular-completion alone over the same trie (normalise + top-k with back-off).
-   The answers are computed twice and must agree (checked, reported).
+   on real (user, previous query, prefix, time) requests from ``--queries-since``: the ranked path
+   (every completion arm + the learned ranker, issue 4) and, in the same run, the cascade without
+   the ranker (issue 2's path) and most-popular-completion alone over the same trie (normalise +
+   top-k with back-off). The answers are computed twice and must agree (checked, reported).
 3. Starts ``qac serve`` as a real process on 127.0.0.1, sends the same requests over gRPC, and reads
    the server's resident memory (VmRSS, VmHWM) from /proc.
 
-Targets (issue 2): p50 <= 0.3 ms, p99 <= 0.75 ms; build <= 30 s; serving RSS <= 500 MB.
+Targets: issue 4, ranked path with every arm p99 <= 1 ms; issue 2 (cascade) p50 <= 0.3 ms,
+p99 <= 0.75 ms; serving RSS <= 500 MB.
 """
 from __future__ import annotations
 
@@ -31,20 +33,21 @@ DEFAULT_LOG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "
     "aol_top1000_users.before_2006-05-25.tsv.gz"
 
 
-def real_requests(log: Path, since: str | None, n: int) -> list[tuple[list[str], str]]:
+def real_requests(log: Path, since: str | None, n: int) -> list[tuple[list[str], str, str, int]]:
+    """``(previous queries, prefix, user id, unix time)`` of the first ``n`` real completion points."""
     from qac.logs import SessionConfig, make_points, read_aol_log, split_sessions
 
     points = make_points(split_sessions(read_aol_log(log, since=since).events, SessionConfig()), seed=0)
-    return [([p.prev_query] if p.prev_query else [], p.prefix) for p in points[:n]]
+    return [([p.prev_query] if p.prev_query else [], p.prefix, p.user_id, p.timestamp) for p in points[:n]]
 
 
 def time_calls(fn, requests, repeats: int) -> tuple[list[int], list]:
     timer = time.perf_counter_ns
     lat, answers = [], []
     for _ in range(repeats):
-        for prev, prefix in requests:
+        for req in requests:
             t0 = timer()
-            ans = fn(prev, prefix)
+            ans = fn(*req)
             lat.append(timer() - t0)
             answers.append(ans)
     return lat, answers
@@ -89,23 +92,33 @@ def main(argv=None) -> int:
     comp.warmup()
     result["load_s"], result["warmup_s"] = load_s, time.perf_counter() - t0
 
-    def complete(prev, prefix):
-        return [(c.text, c.source) for c in comp.complete(prev, prefix, 10)]
+    cascade = comp.with_inference(ranked=False)
 
-    def mpc_baseline(prev, prefix):
+    def complete(prev, prefix, user, ts):
+        return [(c.text, c.source) for c in comp.complete(prev, prefix, 10, user_id=user, timestamp=ts)]
+
+    def complete_cascade(prev, prefix, user, ts):
+        return [(c.text, c.source) for c in cascade.complete(prev, prefix, 10, user_id=user, timestamp=ts)]
+
+    def mpc_baseline(prev, prefix, user, ts):
         return [q for q, _, _ in comp.mpc.top_k_backoff(normalize_prefix(prefix), 10)]
 
     gc.collect()
     lat, answers = time_calls(complete, requests, args.repeats)
+    cascade_lat, _ = time_calls(complete_cascade, requests, args.repeats)
     base_lat, _ = time_calls(mpc_baseline, requests, args.repeats)
     n = len(requests)
     consistent = all(answers[i] == answers[i + n] for i in range(n)) if args.repeats > 1 else None
+    result["ranked"] = comp.pipeline is not None
     result["complete_us"] = percentiles_us(lat)
+    result["cascade_us"] = percentiles_us(cascade_lat)
     result["baseline_mpc_us"] = percentiles_us(base_lat)
     result["answers_consistent_across_repeats"] = consistent
     result["n_requests"] = n
     print(f"in-process, k=10, {n} real requests x {args.repeats} (load {load_s:.2f} s, warm-up {result['warmup_s']:.2f} s):")
-    print(format_row("Completer.complete (all sources)", result["complete_us"]))
+    label = "every arm + ranker" if result["ranked"] else "cascade: artifact has no ranker"
+    print(format_row(f"Completer.complete ({label})", result["complete_us"]))
+    print(format_row("cascade without ranker (issue 2)", result["cascade_us"]))
     print(format_row("baseline: MPC only", result["baseline_mpc_us"]))
     print(f"  answers identical across repeats: {consistent}")
 
@@ -117,9 +130,10 @@ def main(argv=None) -> int:
         try:
             after_start = rss_mb(proc.pid)
             mismatches = 0
-            for (prev, prefix), local in zip(requests, answers[:n]):
-                remote = [(t, s) for t, _, s in grpc_complete(target, prefix, prev, k=10)]
-                mismatches += remote != local
+            for prev, prefix, user, _ in requests:
+                remote = [(t, s) for t, _, s in grpc_complete(target, prefix, prev, k=10, user_id=user)]
+                # the client stamps the request with its own clock
+                mismatches += remote != complete(prev, prefix, user, int(time.time()))
             result["server"] = {"after_warmup": after_start, "after_requests": rss_mb(proc.pid),
                                 "grpc_vs_in_process_mismatches": mismatches}
         finally:

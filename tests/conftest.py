@@ -26,3 +26,13 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def aol_log(shared_data: Path) -> Path:
     return shared_data / "aol" / "aol_top1000_users.before_2006-05-25.tsv.gz"
+
+
+def completion_points(log_path: Path, since: str, until: str, n: int) -> list:
+    """The first ``n`` real completion points (DESIGN.md protocol, seed 0) of ``[since, until)``."""
+    from qac.logs import SessionConfig, make_points, read_aol_log, split_sessions
+
+    log = read_aol_log(log_path, since=since, until=until)
+    points = make_points(split_sessions(log.events, SessionConfig()), seed=0)
+    assert len(points) > n, f"only {len(points)} points in {since}..{until}"
+    return points[:n]

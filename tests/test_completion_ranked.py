@@ -11,9 +11,9 @@ from qac.blocklist import Blocklist
 from qac.completer import Completer
 from qac.config import BuildConfig
 from qac.evaluate import evaluate_completion
-from qac.logs import SessionConfig, make_points, read_aol_log, split_sessions
 from qac.ranking import ARM_NAMES, FEATURE_NAMES
 from qac.text import normalize_prefix
+from tests.conftest import completion_points
 
 BUILD_SINCE, BUILD_UNTIL, ASK_UNTIL = "2006-03-01", "2006-03-09", "2006-03-10"
 BLOCKED = ["myspace", "free porn"]
@@ -40,10 +40,7 @@ def comp(artifacts) -> Completer:
 
 @pytest.fixture(scope="module")
 def points(aol_log):
-    log = read_aol_log(aol_log, since=BUILD_UNTIL, until=ASK_UNTIL)
-    pts = make_points(split_sessions(log.events, SessionConfig()), seed=0)
-    assert len(pts) > 200
-    return pts[:200]
+    return completion_points(aol_log, BUILD_UNTIL, ASK_UNTIL, 200)
 
 
 def test_artifact_has_a_ranker_over_every_arm(comp):

@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from qac.logs import SessionConfig, make_points, read_aol_log, split_sessions  # noqa: E402
+from tests.conftest import completion_points  # noqa: E402
 from serving import client  # noqa: E402
 from tests.test_servicer import INVALID_REQUESTS, INVALID_UTF8, valid_request  # noqa: E402
 from serving.pb.qac.v1 import internal_raw_pb2, qac_service_pb2, qac_service_pb2_grpc  # noqa: E402
@@ -91,10 +91,7 @@ def in_process(artifacts):
 @pytest.fixture(scope="module")
 def real_points(aol_log):
     """Real completion points (previous query, prefix, next query) from the day after the build slice."""
-    log = read_aol_log(aol_log, since=BUILD_UNTIL, until=ASK_UNTIL)
-    points = make_points(split_sessions(log.events, SessionConfig()), seed=0)
-    assert len(points) > 200
-    return points[:200]
+    return completion_points(aol_log, BUILD_UNTIL, ASK_UNTIL, 200)
 
 
 @pytest.fixture(scope="module")
