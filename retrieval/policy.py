@@ -719,12 +719,40 @@ class JointRidgePolicy(_PolicyBase):
         propensity = eps / self.n_actions + (1.0 - eps) * (action == greedy)
         return self._finish(action, _check_int("budget", budget, minimum=1), propensity, greedy)
 
-    def update(self, x, arm_x, decision: Decision, arm_ranks) -> None:
+    uses_action_hits = True
+
+    def update(self, x, arm_x, decision: Decision, arm_ranks, action_hits=None) -> None:
+        """Full-information update of every action's output.
+
+        Parameters
+        ----------
+        x, arm_x, decision : as given to / returned by ``decide``.
+        arm_ranks : int (n_arms,)
+            0-based rank of the clicked item in each arm's full list, -1 if absent.
+        action_hits : float or bool (n_actions,), optional
+            Whether each action's candidate union holds the clicked item, when the caller builds unions
+            other than the plain top-``n_a`` prefixes (``retrieval.pipeline.fill_depths``); by default
+            ``any(0 <= arm_ranks[a] < menu[k, a])``.
+
+        Raises
+        ------
+        ValueError
+            Bad ``x``, ``arm_x``, ``decision``, ``arm_ranks`` or ``action_hits`` (named).
+        """
         budget = self._decision_budget(decision)
         x, arm_x, budget = self._inputs(x, arm_x, budget)
         ranks = _check_ranks(arm_ranks, self.n_arms).astype(np.int64)
-        menu = _menu_cached(self.n_arms, budget)
-        hits = ((ranks[None, :] >= 0) & (ranks[None, :] < menu)).any(axis=1).astype(np.float64)
+        if action_hits is None:
+            menu = _menu_cached(self.n_arms, budget)
+            hits = ((ranks[None, :] >= 0) & (ranks[None, :] < menu)).any(axis=1).astype(np.float64)
+        else:
+            hits = np.asarray(action_hits)
+            if hits.shape != (self.n_actions,) or hits.dtype.kind not in "biuf":
+                raise ValueError(f"action_hits: expected a numeric array of shape ({self.n_actions},), got "
+                                 f"{hits.dtype}{hits.shape}")
+            hits = hits.astype(np.float64)
+            if not np.all((hits == 0.0) | (hits == 1.0)):
+                raise ValueError("action_hits: values must be 0 or 1")
         phi = self._phi(x, arm_x)
         av = self._a_inv @ phi
         a_inv = self._a_inv - np.outer(av, av) / (1.0 + phi @ av)
