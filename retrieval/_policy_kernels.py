@@ -199,3 +199,39 @@ def fill_depths(codes, n_ret, alloc, budget, seen, depths):
                 seen[c] = stamp
                 taken += 1
     return depths
+
+
+@njit(cache=True, nogil=True)
+def item_codes(ids, n_ret, codes):
+    """Number the distinct item ids of the arms' lists 0, 1, ... (open addressing, linear probing).
+
+    ``ids`` int64 (n_arms, L) (valid for ``r < n_ret[a]``, ids >= 0); ``codes`` int64 (n_arms, L) written.
+    Returns the number of distinct items. O(total length), no sort.
+    """
+    n_arms = ids.shape[0]
+    total = 0
+    for a in range(n_arms):
+        total += n_ret[a]
+    size = 16
+    while size < 2 * total:
+        size *= 2
+    keys = np.full(size, -1, dtype=np.int64)
+    vals = np.empty(size, dtype=np.int64)
+    mask = size - 1
+    n_codes = 0
+    for a in range(n_arms):
+        for r in range(n_ret[a]):
+            item = ids[a, r]
+            h = (item * 0x9E3779B1) & mask
+            while True:
+                if keys[h] == item:
+                    codes[a, r] = vals[h]
+                    break
+                if keys[h] == -1:
+                    keys[h] = item
+                    vals[h] = n_codes
+                    codes[a, r] = n_codes
+                    n_codes += 1
+                    break
+                h = (h + 1) & mask
+    return n_codes

@@ -27,7 +27,9 @@ from typing import Sequence
 
 import numpy as np
 
+from retrieval import _policy_kernels as _k
 from retrieval.arms.base import Context
+from retrieval.policy import allocation_menu
 
 CONTEXT_FEATURES = ("bias", "log_query_chars", "n_words", "is_single_word", "has_digit", "looks_like_url",
                     "log_query_freq", "in_memory", "hour_sin", "hour_cos", "weekend", "session_position",
@@ -146,24 +148,17 @@ def fill_depths(arm_ids: Sequence[np.ndarray], allocations: np.ndarray, budget: 
     -------
     int64 array of the shape of ``allocations``: depth per arm (``depths[a] <= len(arm_ids[a])``).
     """
-    from retrieval import _policy_kernels as _k
-
     alloc = np.asarray(allocations, dtype=np.int64)
     one = alloc.ndim == 1
     alloc2 = alloc[None] if one else alloc
     n_arms = len(arm_ids)
     n_ret = np.array([len(ids) for ids in arm_ids], dtype=np.int64)
     width = int(n_ret.max()) if n_arms else 0
-    codes = np.zeros((n_arms, max(width, 1)), dtype=np.int64)
-    n_codes = 0
-    if width:
-        flat = np.concatenate([np.asarray(ids, dtype=np.int64) for ids in arm_ids])
-        uniq, inv = np.unique(flat, return_inverse=True)
-        n_codes = uniq.size
-        start = 0
-        for a in range(n_arms):
-            codes[a, :n_ret[a]] = inv[start:start + n_ret[a]]
-            start += n_ret[a]
+    ids = np.zeros((n_arms, max(width, 1)), dtype=np.int64)
+    for a, arr in enumerate(arm_ids):
+        ids[a, :n_ret[a]] = arr
+    codes = np.zeros_like(ids)
+    n_codes = _k.item_codes(ids, n_ret, codes)
     depths = np.zeros(alloc2.shape, dtype=np.int64)
     _k.fill_depths(codes, n_ret, alloc2, int(budget), np.zeros(max(n_codes, 1), dtype=np.int64), depths)
     return depths[0] if one else depths
@@ -274,8 +269,6 @@ class RetrieveAndRank:
         ranks = retrieval.arm_ranks(item_id)
         if getattr(self.policy, "uses_action_hits", False):
             # Full information under the union rule actually served: every menu action's filled union.
-            from retrieval.policy import allocation_menu
-
             menu = allocation_menu(len(self.arms), retrieval.budget)
             all_depths = fill_depths(retrieval.arm_ids, menu, retrieval.budget)
             hits = ((ranks[None, :] >= 0) & (ranks[None, :] < all_depths)).any(axis=1)
