@@ -6,7 +6,8 @@ Usage::
 
 For each query event in time order: the arms' lists truncated to the budget (what the arms return at
 that budget), the pipeline's features, ``policy.decide``, the reward of every click (the clicked item
-is in the union of the chosen allocation), then one ``policy.update`` per clicked catalogue item and the
+is in the union of the chosen allocation, filled to the budget by ``retrieval.pipeline.fill_depths`` unless
+``--no-fill``), then one ``policy.update`` per clicked catalogue item and the
 arm hit-rate counters -- the same sequence as ``qac evaluate search`` (its budget-20 replay). Recall
 is over all clicks (clicks on sites outside the catalogue count as misses), as in the evaluation.
 """
@@ -128,6 +129,7 @@ def main(argv=None) -> None:
     ap.add_argument("--cache", required=True)
     ap.add_argument("--budget", type=int, default=20)
     ap.add_argument("--kinds", default="joint")
+    ap.add_argument("--no-fill", action="store_true", help="plain prefix unions (before fill_depths)")
     args = ap.parse_args(argv)
     cache = load_cache(args.cache)
     rec, hit = fixed_table(cache, args.budget)
@@ -138,7 +140,7 @@ def main(argv=None) -> None:
     n_arms = cache["ids"].shape[1]
     for kind in args.kinds.split(","):
         res = run(cache, lambda: build_policy(PolicyConfig(kind=kind), n_arms, len(CONTEXT_FEATURES),
-                                              len(ARM_FEATURES)), args.budget)
+                                              len(ARM_FEATURES)), args.budget, fill=not args.no_fill)
         print(f"{kind}: recall@{args.budget} {res['recall']:.4f} ({res['seconds']:.1f} s)")
 
 
