@@ -161,3 +161,77 @@ def all_finite_2d(a):
             if not np.isfinite(a[i, j]):
                 return False
     return True
+
+
+@njit(cache=True, nogil=True)
+def fill_depths(codes, n_ret, alloc, budget, seen, depths):
+    """Per-arm depths that fill a union of ``budget`` distinct candidates in each allocation's proportions.
+
+    ``codes`` int64 (n_arms, L): each arm's list as small item codes in ``[0, seen.shape[0])`` (valid for
+    ``r < n_ret[a]``); ``alloc`` (n_actions, n_arms) non-negative; ``seen`` int64 scratch (n_codes,),
+    zero on entry, left non-zero; ``depths`` int64 (n_actions, n_arms) written.
+
+    Arms are merged in order of ``(r + 1/2) / alloc[k, a]`` (r = next rank of arm a; ties to the lower
+    arm index; arms with ``alloc == 0`` never take part), each item counted once, until ``budget``
+    distinct items are taken or the lists run out. Without duplicates and with full lists this takes
+    exactly the top ``alloc[k, a]`` of every arm (those are the items with key < 1); a duplicate or a
+    short list leaves budget that goes to the next items in the same order. Compared in integers:
+    ``(2 r_a + 1) n_b < (2 r_b + 1) n_a``.
+    """
+    n_actions, n_arms = alloc.shape
+    for k in range(n_actions):
+        stamp = k + 1
+        for a in range(n_arms):
+            depths[k, a] = 0
+        taken = 0
+        while taken < budget:
+            best = -1
+            for a in range(n_arms):
+                na = alloc[k, a]
+                if na > 0 and depths[k, a] < n_ret[a]:
+                    if best < 0 or (2 * depths[k, a] + 1) * alloc[k, best] < (2 * depths[k, best] + 1) * na:
+                        best = a
+            if best < 0:
+                break
+            c = codes[best, depths[k, best]]
+            depths[k, best] += 1
+            if seen[c] != stamp:
+                seen[c] = stamp
+                taken += 1
+    return depths
+
+
+@njit(cache=True, nogil=True)
+def item_codes(ids, n_ret, codes):
+    """Number the distinct item ids of the arms' lists 0, 1, ... (open addressing, linear probing).
+
+    ``ids`` int64 (n_arms, L) (valid for ``r < n_ret[a]``, ids >= 0); ``codes`` int64 (n_arms, L) written.
+    Returns the number of distinct items. O(total length), no sort.
+    """
+    n_arms = ids.shape[0]
+    total = 0
+    for a in range(n_arms):
+        total += n_ret[a]
+    size = 16
+    while size < 2 * total:
+        size *= 2
+    keys = np.full(size, -1, dtype=np.int64)
+    vals = np.empty(size, dtype=np.int64)
+    mask = size - 1
+    n_codes = 0
+    for a in range(n_arms):
+        for r in range(n_ret[a]):
+            item = ids[a, r]
+            h = (item * 0x9E3779B1) & mask
+            while True:
+                if keys[h] == item:
+                    codes[a, r] = vals[h]
+                    break
+                if keys[h] == -1:
+                    keys[h] = item
+                    vals[h] = n_codes
+                    codes[a, r] = n_codes
+                    n_codes += 1
+                    break
+                h = (h + 1) & mask
+    return n_codes

@@ -2,7 +2,8 @@
 
 Setting (docs/internals.md, "retrieval.policy"). The pipeline first retrieves up to ``budget``
 candidates from every arm, then asks the policy for an allocation ``n`` (``n_a >= 0``,
-``sum(n) <= budget``); the union of every arm's top ``n_a`` goes to the ranker. After feedback we know
+``sum(n) <= budget``); the union of every arm's top ``n_a`` goes to the ranker (read deeper when arms
+overlap, so that it holds ``budget`` distinct items: ``retrieval.pipeline.fill_depths``). After feedback we know
 ``arm_ranks[a]``, the 0-based rank of the clicked item in arm a's full list (-1 if absent), so the
 reward ``any(0 <= r_a < n_a)`` of *every* allocation is known, not only the chosen one's. The linear
 policies exploit that: each update trains every arm's model at every candidate-count level (full
@@ -683,6 +684,19 @@ class JointRidgePolicy(_PolicyBase):
     assumption between arms, which matters when arms return the same items (memory index and BM25
     over click-expanded texts). Measured on the AOL dev replay (budget 20, `qac evaluate search`): 0.509 union recall vs
     0.490 for the per-arm noisy-or model and 0.501 for the best single arm.
+
+    With ``action_hits`` (``RetrieveAndRank`` passes them) each output learns the hit rate of the union
+    the pipeline actually serves for that action, where budget freed by duplicate candidates goes to
+    the next candidates (``retrieval.pipeline.fill_depths``): 0.512 on the same replay (offline
+    simulator ``bench.bandit_sim`` over the recorded lists; ``qac evaluate search`` in the README).
+    Measured and not adopted (same simulator, budget 20): agreement and score-shape arm features
+    (fraction of other arms holding an arm's top item, overlap of its top 5, log top score, score
+    decay to rank 5) 0.5091 vs 0.5088 without; a per-item linear click model scoring an allocation
+    by the summed click probability of its union items (exact under overlap) ~0.505; epsilon 0
+    0.5132 vs 0.5117 at 0.02 (the price of exact propensities > 0 for off-policy evaluation). In
+    hindsight (ridge fitted on the first half of the test week, scored on the second half) 61 richer
+    context/arm/agreement features reach 0.512, with memory-observed regime interactions 0.513 --
+    far below the per-query oracle 0.583: these features do not predict which arm holds the click.
     """
 
     kind = "joint"
@@ -719,12 +733,40 @@ class JointRidgePolicy(_PolicyBase):
         propensity = eps / self.n_actions + (1.0 - eps) * (action == greedy)
         return self._finish(action, _check_int("budget", budget, minimum=1), propensity, greedy)
 
-    def update(self, x, arm_x, decision: Decision, arm_ranks) -> None:
+    uses_action_hits = True
+
+    def update(self, x, arm_x, decision: Decision, arm_ranks, action_hits=None) -> None:
+        """Full-information update of every action's output.
+
+        Parameters
+        ----------
+        x, arm_x, decision : as given to / returned by ``decide``.
+        arm_ranks : int (n_arms,)
+            0-based rank of the clicked item in each arm's full list, -1 if absent.
+        action_hits : float or bool (n_actions,), optional
+            Whether each action's candidate union holds the clicked item, when the caller builds unions
+            other than the plain top-``n_a`` prefixes (``retrieval.pipeline.fill_depths``); by default
+            ``any(0 <= arm_ranks[a] < menu[k, a])``.
+
+        Raises
+        ------
+        ValueError
+            Bad ``x``, ``arm_x``, ``decision``, ``arm_ranks`` or ``action_hits`` (named).
+        """
         budget = self._decision_budget(decision)
         x, arm_x, budget = self._inputs(x, arm_x, budget)
         ranks = _check_ranks(arm_ranks, self.n_arms).astype(np.int64)
-        menu = _menu_cached(self.n_arms, budget)
-        hits = ((ranks[None, :] >= 0) & (ranks[None, :] < menu)).any(axis=1).astype(np.float64)
+        if action_hits is None:
+            menu = _menu_cached(self.n_arms, budget)
+            hits = ((ranks[None, :] >= 0) & (ranks[None, :] < menu)).any(axis=1).astype(np.float64)
+        else:
+            hits = np.asarray(action_hits)
+            if hits.shape != (self.n_actions,) or hits.dtype.kind not in "biuf":
+                raise ValueError(f"action_hits: expected a numeric array of shape ({self.n_actions},), got "
+                                 f"{hits.dtype}{hits.shape}")
+            hits = hits.astype(np.float64)
+            if not np.all((hits == 0.0) | (hits == 1.0)):
+                raise ValueError("action_hits: values must be 0 or 1")
         phi = self._phi(x, arm_x)
         av = self._a_inv @ phi
         a_inv = self._a_inv - np.outer(av, av) / (1.0 + phi @ av)
