@@ -513,8 +513,7 @@ def _features_oof_stats(groups: _Groups, text_index, n_folds, seed, use_labels, 
     return X
 
 
-def _drop_stats(X: np.ndarray, n_stats: int) -> np.ndarray:
-    nt = K.N_TEXT_FEATURES
+def _drop_stats(X: np.ndarray, n_stats: int, nt: int = K.N_TEXT_FEATURES) -> np.ndarray:
     return np.delete(X, np.arange(nt, nt + n_stats), axis=1) if n_stats else X
 
 
@@ -563,10 +562,11 @@ def build_homedepot_ranker(catalog, judgments, *, arms: Sequence = (), budget: i
         Xtr = _features_oof_stats(train_part, text_index, n_folds, seed, True, arms, budget)
         Xev = _features_for(eval_part, text_index, _stats_of(train_part, text_index.n_items, True), arms, budget)
         if not use_item_stats:
-            Xtr, Xev = _drop_stats(Xtr, n_stats), _drop_stats(Xev, n_stats)
+            nt = text_index.n_text_features
+            Xtr, Xev = _drop_stats(Xtr, n_stats, nt), _drop_stats(Xev, n_stats, nt)
         return Xtr, Xev
 
-    names = feature_names(arm_names, ITEM_STAT_NAMES if use_item_stats else ())
+    names = feature_names(arm_names, ITEM_STAT_NAMES if use_item_stats else (), text_index.text_feature_names)
     bm25_col = names.index("bm25")
     report: dict = {"n_queries": {"fit": len(fit.queries), "dev": len(dev.queries), "test": len(test.queries)},
                     "n_rows": {"fit": int(fit.item_ids.size), "dev": int(dev.item_ids.size), "test": int(test.item_ids.size)},
