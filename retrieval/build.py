@@ -246,7 +246,7 @@ def build_search_homedepot(products_path, judgments_path, out_dir: Path,
     far more than they deserve on unseen search terms.
     """
     from retrieval.catalog import load_homedepot_catalog, load_judgments
-    from retrieval.ranker import DEFAULT_GRID, build_homedepot_ranker
+    from retrieval.ranker import HOMEDEPOT_GRID, build_homedepot_ranker
     from retrieval.ranker_features import ItemTextIndex
 
     timings: dict = {}
@@ -263,7 +263,7 @@ def build_search_homedepot(products_path, judgments_path, out_dir: Path,
     text_index = ItemTextIndex.build(catalog.texts, analyzer=analyzer, match_features=analyzer != "qp2q")
     ranker, text_index, rep = build_homedepot_ranker(catalog, judgments, arms=(), seed=config.seed,
                                                      text_index=text_index,
-                                                     grid=DEFAULT_GRID if ranker_grid is None else ranker_grid)
+                                                     grid=HOMEDEPOT_GRID if ranker_grid is None else ranker_grid)
     timings["ranker"] = time.perf_counter() - t
     report = {"n_items": catalog.n_items, "n_interactions": len(inter.queries), "seconds": timings,
               "analyzer": analyzer, "ranker": {k: v for k, v in rep.items() if k in ("test", "dev")}}

@@ -207,26 +207,3 @@ def promote(order, rank, scores, item):
     order[lo] = item
     rank[item] = lo
 
-
-@njit(cache=True, nogil=True)
-def accumulate_top_n(ids, contributions, scratch, touched, n):
-    """Sum ``contributions[j]`` into item ``ids[j]`` (ids may repeat), then the top ``n``.
-
-    Parameters
-    ----------
-    ids : int32 (m,)
-    contributions : float32 (m,), > 0
-    scratch, touched : per-thread buffers (module docstring)
-    n : int >= 0
-
-    Returns
-    -------
-    ids : int32 (k,), scores : float32 (k,)
-    """
-    m = 0
-    for j in range(ids.size):
-        d = ids[j]
-        touched[m] = d
-        m += scratch[d] == 0.0
-        scratch[d] += max(contributions[j], MIN_CONTRIBUTION)
-    return select_top_n(scratch, touched, m, n)

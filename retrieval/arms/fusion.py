@@ -78,6 +78,8 @@ class FusionArm(Arm):
         self.k = float(k)
         self.depth = int(depth)
         self._n_items = n_items.pop()
+        self._list_ids = np.arange(len(arms), dtype=np.int64)
+        self._weights = np.array(weights, dtype=np.float64)
         self._scratch = ScratchPool(self._n_items)
 
     @property
@@ -126,24 +128,26 @@ class FusionArm(Arm):
         if n == 0:
             return empty_result()
         depth = max(n, self.depth)
-        ids_parts, contrib_parts = [], []
-        for arm, w in zip(self.arms, self.weights):
-            ids, _ = arm.retrieve(query, context, depth)
-            if ids.size:
-                ids_parts.append(ids)
-                contrib_parts.append((w / (self.k + np.arange(1, ids.size + 1, dtype=np.float64))).astype(np.float32))
-        if not ids_parts:
+        # Each sub-arm's list is one "term" of a tiny inverted index whose posting values are
+        # 1 / (k + rank); the fused score is then the weighted sparse dot product.
+        lists = [arm.retrieve(query, context, depth)[0] for arm in self.arms]
+        sizes = np.array([ids.size for ids in lists], dtype=np.int64)
+        if not sizes.any():
             return empty_result()
+        ptr = np.zeros(len(lists) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=ptr[1:])
+        rrf = (1.0 / (self.k + np.concatenate([np.arange(1, m + 1, dtype=np.float64) for m in sizes.tolist()])))
         scratch, touched = self._scratch.get()
-        return _kernels.accumulate_top_n(np.concatenate(ids_parts), np.concatenate(contrib_parts),
-                                         scratch, touched, n)
+        return _kernels.dot_top_n(self._list_ids, self._weights, ptr, np.concatenate(lists),
+                                  rrf.astype(np.float32), scratch, touched, n)
 
     def warmup(self) -> None:
         """Warm every sub-arm and the fusion kernel on the served arrays."""
         for arm in self.arms:
             arm.warmup()
         scratch, touched = self._scratch.get()
-        _kernels.accumulate_top_n(np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.float32), scratch, touched, 1)
+        _kernels.dot_top_n(self._list_ids[:1], self._weights[:1], np.array([0, 1], dtype=np.int64),
+                           np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.float32), scratch, touched, 1)
 
 
 def build_fusion_arm(texts: Sequence[str], expanded_texts: Sequence[str] | None = None, *,
