@@ -263,10 +263,11 @@ def build_search_homedepot(products_path, judgments_path, out_dir: Path,
     text_index = ItemTextIndex.build(catalog.texts, analyzer=analyzer, match_features=analyzer != "qp2q")
     ranker, text_index, rep = build_homedepot_ranker(catalog, judgments, arms=(), seed=config.seed,
                                                      text_index=text_index,
-                                                     grid=HOMEDEPOT_GRID if ranker_grid is None else ranker_grid)
+                                                     grid=HOMEDEPOT_GRID if ranker_grid is None else ranker_grid,
+                                                     allow_linear=True)
     timings["ranker"] = time.perf_counter() - t
     report = {"n_items": catalog.n_items, "n_interactions": len(inter.queries), "seconds": timings,
-              "analyzer": analyzer, "ranker": {k: v for k, v in rep.items() if k in ("test", "dev")}}
+              "analyzer": analyzer, "ranker": {k: v for k, v in rep.items() if k in ("test", "dev", "chosen")}}
     out_dir.mkdir(parents=True, exist_ok=False)
     write_search_artifact(out_dir, "homedepot", catalog, arms, ranker, text_index, rep["item_stats"], inter, config,
                           {**report, "ranker_arms": []}, analyzer=analyzer)

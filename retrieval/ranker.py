@@ -540,14 +540,16 @@ HOMEDEPOT_GRID = (
 def build_homedepot_ranker(catalog, judgments, *, arms: Sequence = (), budget: int = 100,
                            grid: Sequence[RankerConfig] = DEFAULT_GRID, use_item_stats: bool = True,
                            seed: int = 0, n_folds: int = 5, text_index: ItemTextIndex | None = None,
-                           split=None) -> tuple[Ranker, ItemTextIndex, dict]:
+                           split=None, allow_linear: bool = False) -> tuple[Ranker, ItemTextIndex, dict]:
     """Train the ranker on Home Depot graded judgments, choosing hyperparameters on an inner split.
 
     Protocol: ``split_by_query(judgments, seed=seed)`` gives 80% train / 20% test queries (pass
     ``split=(train, test)`` to reuse one); the 80% is split again 75/25 by query (``seed``) into
     fit / dev; every config in ``grid`` is fitted on fit and scored by NDCG@10 (gain = grade - 1)
     on dev; the best is refitted on the whole 80% and reported once on the 20% test, next to the
-    BM25 order (the ``bm25`` feature) and the :class:`LinearRanker`. Candidates of a query are its
+    BM25 order (the ``bm25`` feature) and the :class:`LinearRanker`. With ``allow_linear`` the
+    :class:`LinearRanker` competes too and is returned when its dev NDCG@10 is at least the best tree
+    ensemble's (it scores a candidate with one dot product). Candidates of a query are its
     judged products; label = grade. Item statistics of training rows come from the other folds
     (``n_folds``); those of dev/test rows from all the rows they are trained next to.
 
@@ -598,9 +600,12 @@ def build_homedepot_ranker(catalog, judgments, *, arms: Sequence = (), budget: i
     report["dev"]["grid"] = results
     report["dev"]["best"] = results[best]
 
+    use_linear = allow_linear and report["dev"]["linear"] >= results[best]["ndcg@10"]
+    report["chosen"] = "linear" if use_linear else "trees"
+
     Xtrain, Xtest = featurize(train, test)
-    ranker = Ranker(best_cfg).fit(Xtrain, train.labels, train.group_ptr)
     lin = LinearRanker(seed=seed).fit(Xtrain, train.labels, train.group_ptr)
+    ranker = lin if use_linear else Ranker(best_cfg).fit(Xtrain, train.labels, train.group_ptr)
     test_gain = test.labels - 1.0
     report["test"] = {
         "bm25": ndcg_at_k(Xtest[:, bm25_col], test_gain, test.group_ptr, 10, test.item_ids)[0],
