@@ -60,7 +60,7 @@ def test_compounds():
     assert Analyzer.compounds([]) == []
 
 
-def _random_strings(seed: int, n: int = 500) -> list[str]:
+def _random_strings(seed: int, n: int = 200) -> list[str]:
     alphabet = list("aB1/.-' \"x&;é_9s\u2019\t")
     rng = np.random.default_rng(seed)
     return ["".join(rng.choice(alphabet, size=rng.integers(0, 30))) for _ in range(n)]
