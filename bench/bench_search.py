@@ -43,7 +43,10 @@ def main(argv=None) -> int:
     if args.judgments:
         from retrieval.catalog import load_judgments
 
-        queries = sorted({j.query for j in load_judgments(args.judgments)})
+        from serving.search_service import catalog_analyzer
+
+        analyzer = catalog_analyzer(args.artifacts, args.catalog)
+        queries = sorted({j.query for j in load_judgments(args.judgments, analyzer=analyzer)})
     elif args.log:
         from qac.logs import read_aol_log
 

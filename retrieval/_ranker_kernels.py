@@ -203,3 +203,69 @@ def lambdarank_gradients(scores, gains, group_ptr, sigma, k, grad, hess):
                 grad[lo + c] -= lam
                 hess[lo + a] += h
                 hess[lo + c] += h
+
+
+# Columns written by ``match_features`` (names in ranker_features.MATCH_FEATURE_NAMES).
+N_MATCH_FEATURES = 4
+
+
+@njit(cache=True, nogil=True)
+def match_features(item_ids, q_terms, q_seq, term_is_num, tok_flat, tok_ptr, out, col0):
+    """Exact-match features of every candidate into ``out[:, col0:col0 + N_MATCH_FEATURES]``.
+
+    Columns: ``num_match`` (distinct numeric query terms present in the item / distinct numeric
+    query terms; 0 without any), ``has_num`` (1 when the query has a numeric term), ``head_match``
+    (1 when the query's last term -- in product search usually the product type -- is in the item),
+    ``pair_match`` (adjacent query term pairs that occur adjacent, in order, in the item / adjacent
+    pairs; 0 for one-term queries).
+
+    Parameters
+    ----------
+    item_ids : int32 (m,)
+    q_terms : int32 (nq,) distinct query terms (-1 = not in the vocabulary).
+    q_seq : int32 (len,) query term ids in order (-1 = unknown).
+    term_is_num : uint8 (n_terms,) 1 when the term holds a digit.
+    tok_flat, tok_ptr : item term ids in text order, ragged by item.
+    out : float32 (m, >= col0 + N_MATCH_FEATURES)
+    col0 : int
+    """
+    m = item_ids.shape[0]
+    nq = q_terms.shape[0]
+    n_seq = q_seq.shape[0]
+    n_num = 0
+    for j in range(nq):
+        if q_terms[j] >= 0 and term_is_num[q_terms[j]] != 0:
+            n_num += 1
+    head = q_seq[n_seq - 1] if n_seq > 0 else -1
+    for r in range(m):
+        it = item_ids[r]
+        lo = tok_ptr[it]
+        hi = tok_ptr[it + 1]
+        num_hit = 0
+        for j in range(nq):
+            t = q_terms[j]
+            if t >= 0 and term_is_num[t] != 0:
+                for p in range(lo, hi):
+                    if tok_flat[p] == t:
+                        num_hit += 1
+                        break
+        head_hit = 0.0
+        if head >= 0:
+            for p in range(lo, hi):
+                if tok_flat[p] == head:
+                    head_hit = 1.0
+                    break
+        pair_hit = 0
+        for j in range(n_seq - 1):
+            a = q_seq[j]
+            b = q_seq[j + 1]
+            if a < 0 or b < 0:
+                continue
+            for p in range(lo, hi - 1):
+                if tok_flat[p] == a and tok_flat[p + 1] == b:
+                    pair_hit += 1
+                    break
+        out[r, col0] = num_hit / n_num if n_num > 0 else 0.0
+        out[r, col0 + 1] = 1.0 if n_num > 0 else 0.0
+        out[r, col0 + 2] = head_hit
+        out[r, col0 + 3] = pair_hit / (n_seq - 1) if n_seq > 1 else 0.0

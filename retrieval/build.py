@@ -101,8 +101,14 @@ def judgment_interactions(catalog: Catalog, judgments) -> Interactions:
 
 def build_arms(catalog: Catalog, inter: Interactions, *, bm25_texts: Sequence[str] | None = None,
                bm25_b: float = 0.75, semantic_min_weight: float = 0.0, semantic_item_text_pairs: bool = False,
+               analyzer: str = "qp2q", compounds: bool = False, fusion_texts: Sequence[str] | None = None,
                timings: dict | None = None) -> list:
-    """Every arm of a catalogue, in the fixed order the pipeline, policy and ranker use."""
+    """Every arm of a catalogue, in the fixed order the pipeline, policy and ranker use.
+
+    ``analyzer`` / ``compounds`` configure the text arms (:mod:`retrieval.analyzer`); with
+    ``fusion_texts`` (e.g. item texts expanded with relevant training queries) a reciprocal-rank
+    fusion arm of BM25 over them and the character-trigram index is appended last.
+    """
     timings = {} if timings is None else timings
 
     def timed(name, fn):
@@ -113,8 +119,9 @@ def build_arms(catalog: Catalog, inter: Interactions, *, bm25_texts: Sequence[st
 
     keep = inter.weights >= semantic_min_weight
     arms = [
-        timed("bm25", lambda: BM25Arm.build(list(bm25_texts if bm25_texts is not None else catalog.texts), b=bm25_b)),
-        timed("chargram", lambda: CharGramArm.build(list(catalog.texts))),
+        timed("bm25", lambda: BM25Arm.build(list(bm25_texts if bm25_texts is not None else catalog.texts), b=bm25_b,
+                                            analyzer=analyzer, compounds=compounds)),
+        timed("chargram", lambda: CharGramArm.build(list(catalog.texts), analyzer=analyzer)),
         timed("memory", lambda: build_memory_arm(inter.queries, inter.item_ids, inter.timestamps, catalog.texts,
                                                  weights=inter.weights)),
         timed("semantic", lambda: build_semantic_arm([q for q, k in zip(inter.queries, keep) if k],
@@ -127,6 +134,10 @@ def build_arms(catalog: Catalog, inter: Interactions, *, bm25_texts: Sequence[st
         arms.append(timed("history", lambda: build_history_arm(inter.user_ids, inter.queries, inter.item_ids,
                                                                inter.timestamps, catalog.n_items,
                                                                weights=inter.weights)))
+    if fusion_texts is not None:
+        from retrieval.arms.fusion import build_fusion_arm
+
+        arms.append(timed("fusion", lambda: build_fusion_arm(catalog.texts, fusion_texts, analyzer=analyzer)))
     return arms
 
 
@@ -154,7 +165,7 @@ def _jsonable(obj):
 
 def write_search_artifact(out_dir: Path, name: str, catalog: Catalog, arms: list, ranker, text_index,
                           item_stats: np.ndarray, inter: Interactions, config: SearchBuildConfig,
-                          report: dict) -> None:
+                          report: dict, analyzer: str = "qp2q") -> None:
     """Write one catalogue's search artifact into the existing empty directory ``out_dir``."""
     policy = build_policy(config.policy, len(arms), len(CONTEXT_FEATURES), len(ARM_FEATURES))
     components = {
@@ -167,7 +178,9 @@ def write_search_artifact(out_dir: Path, name: str, catalog: Catalog, arms: list
     }
     for arm in arms:
         components[f"arm_{arm.name}"] = arm.to_arrays()
-    params = {"catalog": name, "arms": [a.name for a in arms], "ranker_kind": type(ranker).__name__,
+    # ``analyzer``: serving normalises a query of this catalogue with it (retrieval.analyzer).
+    params = {"catalog": name, "arms": [a.name for a in arms], "analyzer": analyzer,
+              "ranker_kind": type(ranker).__name__,
               "ranker_arms": report.get("ranker_arms"), "ranker_budget": report.get("ranker_budget"),
               "config": asdict(config), "report": _jsonable(report),
               "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
@@ -207,33 +220,57 @@ def build_search_aol(log, out_dir: Path, config: SearchBuildConfig = SearchBuild
     return report
 
 
+def homedepot_expanded_texts(catalog: Catalog, inter: Interactions, min_grade: float = 2.0) -> list[str]:
+    """Item texts followed by every training query judged at least ``min_grade`` for the item
+    (doc2query-style expansion from the judgments; pass training judgments only)."""
+    extra: list[list[str]] = [[] for _ in range(catalog.n_items)]
+    for q, i, w in zip(inter.queries, inter.item_ids.tolist(), inter.weights.tolist()):
+        if w >= min_grade:
+            extra[i].append(q)
+    return [" ".join(filter(None, [t, *e])) for t, e in zip(catalog.texts, extra)]
+
+
 def build_search_homedepot(products_path, judgments_path, out_dir: Path,
-                           config: SearchBuildConfig = SearchBuildConfig()) -> dict:
+                           config: SearchBuildConfig = SearchBuildConfig(), *, analyzer: str = "product",
+                           ranker_grid=None) -> dict:
     """Home Depot search artifact: every product; interactions = the training judgments (grade-weighted).
+
+    Titles and search terms go through the ``analyzer`` (default ``"product"``: sizes, fractions,
+    hyphenated compounds, units, plurals; :mod:`retrieval.analyzer`), recorded in the artifact so
+    serving normalises queries the same way. Arms: BM25 (compound terms), character trigrams, memory,
+    semantic, popularity, and the fusion of BM25 over titles + relevant training queries with the
+    trigrams.
 
     The ranker uses text and item-statistics features only: the memory and semantic arms are built
     from the same judgments, so their scores on training queries would teach the ranker to trust them
     far more than they deserve on unseen search terms.
     """
     from retrieval.catalog import load_homedepot_catalog, load_judgments
-    from retrieval.ranker import build_homedepot_ranker
+    from retrieval.ranker import HOMEDEPOT_GRID, build_homedepot_ranker
+    from retrieval.ranker_features import ItemTextIndex
 
     timings: dict = {}
     t0 = time.perf_counter()
-    catalog = load_homedepot_catalog(products_path)
-    judgments = load_judgments(judgments_path)
+    catalog = load_homedepot_catalog(products_path, analyzer=analyzer)
+    judgments = load_judgments(judgments_path, analyzer=analyzer)
     inter = judgment_interactions(catalog, judgments)
     # 81% of the products relevant to an unseen search term never had a relevant training term, so the
     # semantic arm also learns (title -> product) pairs (dev recall@100 0.10 -> 0.34).
-    arms = build_arms(catalog, inter, semantic_min_weight=2.5, semantic_item_text_pairs=True, timings=timings)
+    arms = build_arms(catalog, inter, semantic_min_weight=2.5, semantic_item_text_pairs=True, analyzer=analyzer,
+                      compounds=analyzer != "qp2q", fusion_texts=homedepot_expanded_texts(catalog, inter),
+                      timings=timings)
     t = time.perf_counter()
-    ranker, text_index, rep = build_homedepot_ranker(catalog, judgments, arms=(), seed=config.seed)
+    text_index = ItemTextIndex.build(catalog.texts, analyzer=analyzer, match_features=analyzer != "qp2q")
+    ranker, text_index, rep = build_homedepot_ranker(catalog, judgments, arms=(), seed=config.seed,
+                                                     text_index=text_index,
+                                                     grid=HOMEDEPOT_GRID if ranker_grid is None else ranker_grid,
+                                                     allow_linear=True)
     timings["ranker"] = time.perf_counter() - t
     report = {"n_items": catalog.n_items, "n_interactions": len(inter.queries), "seconds": timings,
-              "ranker": {k: v for k, v in rep.items() if k in ("test", "dev")}}
+              "analyzer": analyzer, "ranker": {k: v for k, v in rep.items() if k in ("test", "dev", "chosen")}}
     out_dir.mkdir(parents=True, exist_ok=False)
     write_search_artifact(out_dir, "homedepot", catalog, arms, ranker, text_index, rep["item_stats"], inter, config,
-                          {**report, "ranker_arms": []})
+                          {**report, "ranker_arms": []}, analyzer=analyzer)
     report["seconds"]["total"] = time.perf_counter() - t0
     return report
 
@@ -290,3 +327,35 @@ def build_all(log_path, out_dir, *, completion_config=None, catalog=None, judgme
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {"completion": completion, "search": reports}
+
+
+def main(argv=None) -> int:
+    """``python -m retrieval.build --catalog PRODUCTS --judgments JUDGMENTS --out DIR``: the Home Depot
+    search artifact alone, written to ``DIR/search/homedepot`` (``qac build`` rebuilds AOL too)."""
+    import argparse
+    import json
+    import shutil
+    import tempfile
+
+    from qac.artifacts import publish_directory
+
+    ap = argparse.ArgumentParser(description=main.__doc__)
+    ap.add_argument("--catalog", required=True)
+    ap.add_argument("--judgments", required=True)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--analyzer", default="product")
+    args = ap.parse_args(argv)
+    out = (args.out / "search" / "homedepot").absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".homedepot.tmp-", dir=out.parent))
+    try:
+        report = build_search_homedepot(args.catalog, args.judgments, tmp / "homedepot", analyzer=args.analyzer)
+        publish_directory(tmp / "homedepot", out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(json.dumps(_jsonable(report), indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -3,7 +3,7 @@
 Two sources of items and interactions (``../shared/data``, see its README):
 
 - **Home Depot** product search (Kaggle 2016): items are products (key = ``product_uid``, text = the
-  normalised product title); interactions are graded human judgments (grade 1..3, the mean of about
+  product title normalised by the catalogue's search analyzer, :mod:`retrieval.analyzer`); interactions are graded human judgments (grade 1..3, the mean of about
   three raters) of (search term, product) pairs.
 - **AOL 2006** click log: items are the clicked sites, keyed by their normalised URL
   (:func:`normalize_url`: lowercase, no scheme, no leading ``www.``, no trailing ``/``) with the URL's
@@ -11,8 +11,9 @@ Two sources of items and interactions (``../shared/data``, see its README):
   (:func:`click_events`, one per (query event, clicked URL)).
 
 An item id is the ``int32`` position of the item in its :class:`Catalog`. Every text here is
-normalised with :func:`qac.text.normalize_query`, the same function the request path applies to a
-query, so a query token and an item token compare equal exactly when they should.
+normalised by the catalogue's search analyzer (``retrieval.analyzer``; AOL and the default:
+:func:`qac.text.normalize_query`), the same function the request path applies to a query of that
+catalogue, so a query token and an item token compare equal exactly when they should.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ import numpy as np
 
 from qac.artifacts import arrays_to_strings, strings_to_arrays
 from qac.logs import LogReadResult, QueryEvent
-from qac.text import normalize_query
+from retrieval.analyzer import get_analyzer
 
 __all__ = [
     "Catalog",
@@ -236,18 +237,21 @@ def _read_tsv(path: str | os.PathLike, header: list[str]) -> list[list[str]]:
     return body
 
 
-def load_homedepot_catalog(products_tsv_gz: str | os.PathLike) -> Catalog:
+def load_homedepot_catalog(products_tsv_gz: str | os.PathLike, analyzer: str = "qp2q") -> Catalog:
     """Load the Home Depot product catalogue.
 
     Parameters
     ----------
     products_tsv_gz : path
         ``products.tsv.gz`` (gzip or plain UTF-8 TSV) with header ``product_uid  product_title``.
+    analyzer : str
+        Search analyzer whose ``normalize`` gives the item text (:mod:`retrieval.analyzer`; the
+        default ``"qp2q"`` is :func:`qac.text.normalize_query`).
 
     Returns
     -------
     Catalog
-        In file order; key = ``product_uid`` (stripped), text = ``normalize_query(product_title)``.
+        In file order; key = ``product_uid`` (stripped), text = the normalised ``product_title``.
 
     Raises
     ------
@@ -255,7 +259,8 @@ def load_homedepot_catalog(products_tsv_gz: str | os.PathLike) -> Catalog:
         Wrong header, wrong column count, or a repeated ``product_uid``.
     """
     rows = _read_tsv(products_tsv_gz, _HD_PRODUCTS_HEADER)
-    return Catalog([r[0].strip() for r in rows], [normalize_query(r[1]) for r in rows])
+    normalize = get_analyzer(analyzer).normalize
+    return Catalog([r[0].strip() for r in rows], [normalize(r[1]) for r in rows])
 
 
 @dataclass(frozen=True)
@@ -277,18 +282,21 @@ class Judgment:
     grade: float
 
 
-def load_judgments(path: str | os.PathLike) -> list[Judgment]:
+def load_judgments(path: str | os.PathLike, analyzer: str = "qp2q") -> list[Judgment]:
     """Load graded judgments (Home Depot ``judgments.train.tsv.gz``).
 
     Parameters
     ----------
     path : path
         Gzip or plain UTF-8 TSV with header ``search_term  product_uid  relevance``.
+    analyzer : str
+        Search analyzer whose ``normalize`` gives the query (default ``"qp2q"``:
+        :func:`qac.text.normalize_query`); use the one the catalogue's artifact was built with.
 
     Returns
     -------
     list of Judgment
-        In file order, ``query = normalize_query(search_term)``. Rows whose search term normalises
+        In file order, ``query`` = the normalised search term. Rows whose search term normalises
         to ``""`` are dropped (no arm can answer them). Repeated (query, item) pairs are kept as they
         are (two raw spellings may normalise to one query).
 
@@ -298,7 +306,8 @@ def load_judgments(path: str | os.PathLike) -> list[Judgment]:
         Wrong header or column count, or a relevance that is not a finite number.
     """
     rows = _read_tsv(path, _HD_JUDGMENTS_HEADER)
-    norm = {raw: normalize_query(raw) for raw in dict.fromkeys(r[0] for r in rows)}
+    normalize = get_analyzer(analyzer).normalize
+    norm = {raw: normalize(raw) for raw in dict.fromkeys(r[0] for r in rows)}
     out = []
     for line, (term, uid, rel) in enumerate(rows, start=2):
         query = norm[term]

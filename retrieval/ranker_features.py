@@ -18,12 +18,18 @@ Columns (``feature_names``), in order:
   ``query_len`` / ``item_len`` (tokens), ``first_match`` (``1 / (1 + position of the first item
   token that is a query term)``, 0 when none), ``item_coverage`` (item tokens that are query terms /
   item tokens), ``n_matched`` (distinct query terms present);
+* match block (only when the index was built with ``match_features=True``; ``MATCH_FEATURE_NAMES``):
+  ``num_match`` (numeric query terms -- sizes, counts, model numbers -- present in the item / numeric
+  query terms), ``has_num``, ``head_match`` (the query's last term, usually the product type, is in
+  the item), ``pair_match`` (adjacent query term pairs found adjacent in the item / pairs);
 * item statistics block: the columns of ``item_stats`` (see :func:`item_stats_from_pairs`);
 * arm block: each arm's score of the item (0 when the arm did not propose it), then a 0/1 indicator
   per arm of whether it proposed the item.
 
-Queries are normalised with :func:`qac.text.normalize_query` (idempotent), item texts must be
-normalised already (the catalogue stores normalised titles / URL texts).
+Queries and item texts are cut into terms by the index's search analyzer (``ItemTextIndex.analyzer``,
+:mod:`retrieval.analyzer`; ``"qp2q"`` = the whitespace tokens of :func:`qac.text.normalize_query`),
+the same one the catalogue's BM25 arm uses; character trigrams are taken over the terms joined by
+single spaces.
 """
 from __future__ import annotations
 
@@ -34,13 +40,13 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from qac.artifacts import arrays_to_strings, strings_to_arrays
-from qac.text import normalize_query
 from retrieval import _ranker_kernels as K
+from retrieval.analyzer import ANALYZERS, get_analyzer
 from retrieval.arms.bm25 import bm25_idf
 
 __all__ = [
     "ItemTextIndex", "arm_score_matrix", "candidate_features", "feature_names", "item_stats_from_pairs",
-    "reference_candidate_features", "TEXT_FEATURE_NAMES", "ITEM_STAT_NAMES",
+    "reference_candidate_features", "TEXT_FEATURE_NAMES", "MATCH_FEATURE_NAMES", "ITEM_STAT_NAMES",
 ]
 
 TEXT_FEATURE_NAMES = (
@@ -49,6 +55,10 @@ TEXT_FEATURE_NAMES = (
 )
 if len(TEXT_FEATURE_NAMES) != K.N_TEXT_FEATURES:  # pragma: no cover - import-time consistency
     raise ImportError("TEXT_FEATURE_NAMES and the kernel disagree on the text block width")
+
+MATCH_FEATURE_NAMES = ("num_match", "has_num", "head_match", "pair_match")
+if len(MATCH_FEATURE_NAMES) != K.N_MATCH_FEATURES:  # pragma: no cover - import-time consistency
+    raise ImportError("MATCH_FEATURE_NAMES and the kernel disagree on the match block width")
 
 ITEM_STAT_NAMES = ("log_n_events", "log_n_queries", "mean_label")
 
@@ -78,15 +88,26 @@ class ItemTextIndex:
     """
 
     def __init__(self, vocab: list[str], idf: np.ndarray, tok_flat: np.ndarray, tok_ptr: np.ndarray,
-                 tri_flat: np.ndarray, tri_ptr: np.ndarray, *, k1: float = 1.2, b: float = 0.75):
+                 tri_flat: np.ndarray, tri_ptr: np.ndarray, *, k1: float = 1.2, b: float = 0.75,
+                 analyzer: str = "qp2q", match_features: bool = False):
         if not (k1 >= 0.0):
             raise ValueError(f"k1 must be >= 0, got {k1}")
         if not (0.0 <= b <= 1.0):
             raise ValueError(f"b must be in [0, 1], got {b}")
+        if analyzer not in ANALYZERS:
+            raise ValueError(f"analyzer must be one of {ANALYZERS}, got {analyzer!r}")
         if len(vocab) != len(idf):
             raise ValueError("idf must have one value per vocabulary term")
         if len(tok_ptr) != len(tri_ptr):
             raise ValueError("tok_ptr and tri_ptr must have n_items + 1 entries each")
+        self.analyzer = analyzer
+        self.match_features = bool(match_features)
+        self.text_feature_names = TEXT_FEATURE_NAMES + (MATCH_FEATURE_NAMES if self.match_features else ())
+        self.n_text_features = len(self.text_feature_names)
+        # Derived at load, never stored: 1 for terms holding a digit (sizes, counts, model numbers).
+        self.term_is_num = np.fromiter((any(c.isdigit() for c in t) for t in vocab), dtype=np.uint8,
+                                       count=len(vocab))
+        self._terms = get_analyzer(analyzer).terms
         self.vocab = vocab
         self.term_id = {t: i for i, t in enumerate(vocab)}
         self.idf = np.asarray(idf, dtype=np.float32)
@@ -106,10 +127,13 @@ class ItemTextIndex:
 
     # -- build ------------------------------------------------------------------------------
     @classmethod
-    def build(cls, texts: Sequence[str], *, k1: float = 1.2, b: float = 0.75) -> "ItemTextIndex":
-        """Index normalised item texts (item id = position in ``texts``)."""
+    def build(cls, texts: Sequence[str], *, k1: float = 1.2, b: float = 0.75,
+              analyzer: str = "qp2q", match_features: bool = False) -> "ItemTextIndex":
+        """Index item texts (item id = position in ``texts``), cut into terms by ``analyzer``;
+        ``match_features`` adds the match block to :func:`candidate_features`."""
         n = len(texts)
-        token_lists = [t.split() for t in texts]
+        terms = get_analyzer(analyzer).terms
+        token_lists = [terms(t) for t in texts]
         vocab = sorted({tok for toks in token_lists for tok in toks})
         term_id = {t: i for i, t in enumerate(vocab)}
         tok_ptr = np.zeros(n + 1, dtype=np.int64)
@@ -123,8 +147,9 @@ class ItemTextIndex:
             pairs = np.unique(item_of * max(len(vocab), 1) + tok_flat)
             np.add.at(df, pairs % max(len(vocab), 1), 1.0)
         idf = bm25_idf(df, n).astype(np.float32)
-        tri_flat, tri_ptr = cls._build_trigrams(texts)
-        return cls(vocab, idf, tok_flat, tok_ptr, tri_flat, tri_ptr, k1=k1, b=b)
+        tri_flat, tri_ptr = cls._build_trigrams([" ".join(t) for t in token_lists])
+        return cls(vocab, idf, tok_flat, tok_ptr, tri_flat, tri_ptr, k1=k1, b=b, analyzer=analyzer,
+                   match_features=match_features)
 
     @staticmethod
     def _build_trigrams(texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -153,7 +178,8 @@ class ItemTextIndex:
     # -- persistence ------------------------------------------------------------------------
     def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
         vocab_flat, vocab_ptr = strings_to_arrays(self.vocab)
-        params = {"k1": self.k1, "b": self.b, "n_items": self.n_items, "n_terms": len(self.vocab)}
+        params = {"k1": self.k1, "b": self.b, "n_items": self.n_items, "n_terms": len(self.vocab),
+                  "analyzer": self.analyzer, "match_features": self.match_features}
         arrays = {"vocab_flat": vocab_flat, "vocab_ptr": vocab_ptr, "idf": self.idf,
                   "tok_flat": self.tok_flat, "tok_ptr": self.tok_ptr,
                   "tri_flat": self.tri_flat, "tri_ptr": self.tri_ptr}
@@ -163,7 +189,8 @@ class ItemTextIndex:
     def from_arrays(cls, params: dict, arrays: Mapping[str, np.ndarray]) -> "ItemTextIndex":
         vocab = arrays_to_strings(arrays["vocab_flat"], arrays["vocab_ptr"])
         idx = cls(vocab, arrays["idf"], arrays["tok_flat"], arrays["tok_ptr"], arrays["tri_flat"],
-                  arrays["tri_ptr"], k1=params["k1"], b=params["b"])
+                  arrays["tri_ptr"], k1=params["k1"], b=params["b"], analyzer=params.get("analyzer", "qp2q"),
+                  match_features=bool(params.get("match_features", False)))
         if idx.n_items != params["n_items"]:
             raise ValueError(f"n_items: params say {params['n_items']}, arrays hold {idx.n_items}")
         return idx
@@ -172,7 +199,7 @@ class ItemTextIndex:
     _QUERY_CACHE_SIZE = 4096
 
     def query_arrays(self, query: str):
-        """``(q_terms int32, q_idf float64, q_seq int32, q_tri int64)`` of a normalised query.
+        """``(q_terms int32, q_idf float64, q_seq int32, q_tri int64)`` of a query (analysed here).
 
         The arrays are cached per query (at most ``_QUERY_CACHE_SIZE``, cleared when full); callers
         must not write into them.
@@ -189,7 +216,7 @@ class ItemTextIndex:
         return arrays
 
     def _query_arrays(self, query: str):
-        tokens = query.split()
+        tokens = self._terms(query)
         term_id = self.term_id
         seq = [term_id.get(t, -1) for t in tokens]
         distinct = list(dict.fromkeys(tokens))
@@ -197,7 +224,7 @@ class ItemTextIndex:
         idf = self._idf_list
         unseen = self.unseen_idf
         q_idf = np.array([idf[i] if i >= 0 else unseen for i in q_terms.tolist()], dtype=np.float64)
-        q_tri = np.array(_trigram_keys(query) if query else [], dtype=np.int64)
+        q_tri = np.array(_trigram_keys(" ".join(tokens)) if tokens else [], dtype=np.int64)
         return q_terms, q_idf, np.array(seq, dtype=np.int32), q_tri
 
     def item_text(self, item_id: int) -> str:
@@ -236,9 +263,11 @@ def item_stats_from_pairs(n_items: int, item_ids: np.ndarray, query_ids: np.ndar
     return out
 
 
-def feature_names(arm_names: Sequence[str] = (), stat_names: Sequence[str] = ITEM_STAT_NAMES) -> list[str]:
-    """Column names of :func:`candidate_features` for these arms and item statistics."""
-    return (list(TEXT_FEATURE_NAMES) + [f"stat:{s}" for s in stat_names]
+def feature_names(arm_names: Sequence[str] = (), stat_names: Sequence[str] = ITEM_STAT_NAMES,
+                  text_names: Sequence[str] = TEXT_FEATURE_NAMES) -> list[str]:
+    """Column names of :func:`candidate_features` for these arms and item statistics
+    (``text_names``: the index's ``text_feature_names``)."""
+    return (list(text_names) + [f"stat:{s}" for s in stat_names]
             + [f"arm_score:{a}" for a in arm_names] + [f"arm_proposed:{a}" for a in arm_names])
 
 
@@ -296,7 +325,7 @@ def candidate_features(query: str, item_ids: np.ndarray, arm_scores: np.ndarray,
     Parameters
     ----------
     query : str
-        Query (normalised here with ``normalize_query``; idempotent).
+        Query (analysed here by ``text_index.analyzer``; normalisation is idempotent).
     item_ids : int32 array of shape (m,)
         Candidate item ids (catalogue positions).
     arm_scores : float32 array of shape (m, n_arms)
@@ -308,7 +337,8 @@ def candidate_features(query: str, item_ids: np.ndarray, arm_scores: np.ndarray,
 
     Returns
     -------
-    float32 array of shape (m, N_TEXT_FEATURES + n_stats + 2 * n_arms), columns ``feature_names``.
+    float32 array of shape (m, text_index.n_text_features + n_stats + 2 * n_arms), columns
+    ``feature_names(arms, stats, text_index.text_feature_names)``.
 
     Raises
     ------
@@ -320,14 +350,17 @@ def candidate_features(query: str, item_ids: np.ndarray, arm_scores: np.ndarray,
     m = item_ids.shape[0]
     n_arms = arm_scores.shape[1]
     n_stats = item_stats.shape[1]
-    nt = K.N_TEXT_FEATURES
+    nt = text_index.n_text_features
     out = np.empty((m, nt + n_stats + 2 * n_arms), dtype=np.float32)
     if m == 0:
         return out
-    q_terms, q_idf, q_seq, q_tri = text_index.query_arrays(normalize_query(query))
+    q_terms, q_idf, q_seq, q_tri = text_index.query_arrays(query)
     K.text_features(item_ids, q_terms, q_idf, q_seq, q_tri, text_index.tok_flat, text_index.tok_ptr,
                     text_index.tri_flat, text_index.tri_ptr, text_index.avg_len, text_index.k1,
                     text_index.b, out)
+    if text_index.match_features:
+        K.match_features(item_ids, q_terms, q_seq, text_index.term_is_num, text_index.tok_flat, text_index.tok_ptr,
+                         out, K.N_TEXT_FEATURES)
     out[:, nt:nt + n_stats] = item_stats[item_ids]
     a0 = nt + n_stats
     out[:, a0:a0 + n_arms] = arm_scores
@@ -338,19 +371,20 @@ def candidate_features(query: str, item_ids: np.ndarray, arm_scores: np.ndarray,
 def reference_candidate_features(query: str, item_texts: Sequence[str], arm_scores: np.ndarray,
                                  idf: Mapping[str, float], unseen_idf: float, avg_len: float,
                                  item_stat_rows: np.ndarray, k1: float = 1.2, b: float = 0.75,
-                                 arm_proposed: np.ndarray | None = None) -> np.ndarray:
+                                 arm_proposed: np.ndarray | None = None, analyzer: str = "qp2q",
+                                 match_features: bool = False) -> np.ndarray:
     """Slow pure-Python twin of :func:`candidate_features`, straight from the definitions.
 
     Works on the item *texts* and a term -> IDF mapping instead of the index arrays; the tests
     check the numba path against it.
     """
-    q = normalize_query(query)
-    q_tokens = q.split()
+    terms = get_analyzer(analyzer).terms
+    q_tokens = terms(query)
     distinct = list(dict.fromkeys(q_tokens))
-    q_tri = set(_trigram_keys(q)) if q else set()
+    q_tri = set(_trigram_keys(" ".join(q_tokens))) if q_tokens else set()
     rows = []
     for r, text in enumerate(item_texts):
-        toks = text.split()
+        toks = terms(text)
         tf = Counter(toks)
         dl = len(toks)
         qidf = {t: idf.get(t, unseen_idf) for t in distinct}
@@ -361,7 +395,7 @@ def reference_candidate_features(query: str, item_texts: Sequence[str], arm_scor
         if q_tokens and all(t in idf for t in q_tokens):
             n = len(q_tokens)
             phrase = float(any(toks[s:s + n] == q_tokens for s in range(dl - n + 1)))
-        i_tri = set(_trigram_keys(text))
+        i_tri = set(_trigram_keys(" ".join(toks)))
         inter = len(i_tri & q_tri)
         union = len(i_tri | q_tri)
         qset = set(distinct)
@@ -380,10 +414,22 @@ def reference_candidate_features(query: str, item_texts: Sequence[str], arm_scor
             len(pos) / dl if dl else 0.0,
             float(len(matched)),
         ]
+        if match_features:
+            known = [t for t in distinct if t in idf]
+            nums = [t for t in known if any(c.isdigit() for c in t)]
+            pairs = list(zip(q_tokens, q_tokens[1:]))
+            item_pairs = set(zip(toks, toks[1:]))
+            row += [
+                sum(tf[t] > 0 for t in nums) / len(nums) if nums else 0.0,
+                1.0 if nums else 0.0,
+                1.0 if q_tokens and q_tokens[-1] in idf and tf[q_tokens[-1]] > 0 else 0.0,
+                sum(a in idf and b in idf and (a, b) in item_pairs for a, b in pairs) / len(pairs) if pairs else 0.0,
+            ]
         row += [float(v) for v in item_stat_rows[r]]
         row += [float(v) for v in arm_scores[r]]
         prop = (arm_scores[r] != 0) if arm_proposed is None else arm_proposed[r]
         row += [float(v) for v in prop]
         rows.append(row)
-    n_cols = K.N_TEXT_FEATURES + np.asarray(item_stat_rows).reshape(len(item_texts), -1).shape[1] + 2 * np.asarray(arm_scores).reshape(len(item_texts), -1).shape[1]
+    n_text = K.N_TEXT_FEATURES + (K.N_MATCH_FEATURES if match_features else 0)
+    n_cols = n_text + np.asarray(item_stat_rows).reshape(len(item_texts), -1).shape[1] + 2 * np.asarray(arm_scores).reshape(len(item_texts), -1).shape[1]
     return np.array(rows, dtype=np.float32).reshape(len(item_texts), n_cols)

@@ -128,7 +128,10 @@ def _ndcg10(scores: np.ndarray, grades: np.ndarray) -> float:
 
 def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budget: int = 100, progress=None) -> dict:
     """The JSON report of ``qac evaluate search --judgments`` (see module doc)."""
-    judgments = load_judgments(test_judgments)
+    from serving.search_service import catalog_analyzer
+
+    # Search terms normalised as the catalogue's service does (its recorded analyzer).
+    judgments = load_judgments(test_judgments, analyzer=catalog_analyzer(artifacts, "homedepot"))
     by_query: dict[str, list] = defaultdict(list)
     for j in judgments:
         by_query[j.query].append(j)

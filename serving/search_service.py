@@ -17,11 +17,13 @@ import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from qac.artifacts import arrays_to_strings, load_artifact
 from qac.text import normalize_query
+from retrieval.analyzer import get_analyzer
 from retrieval.arms.base import Context
 from retrieval.catalog import Catalog
 from retrieval.pipeline import RetrieveAndRank, Retrieval
@@ -46,12 +48,14 @@ SEARCH_DIR = "search"
 def _arm_classes() -> dict:
     from retrieval.arms.bm25 import BM25Arm
     from retrieval.arms.chargram import CharGramArm
+    from retrieval.arms.fusion import FusionArm
     from retrieval.arms.history import UserHistoryArm
     from retrieval.arms.memory import MemoryArm
     from retrieval.arms.popularity import PopularityArm
     from retrieval.arms.semantic import SemanticArm
 
-    return {c.name: c for c in (BM25Arm, CharGramArm, MemoryArm, SemanticArm, PopularityArm, UserHistoryArm)}
+    return {c.name: c for c in (BM25Arm, CharGramArm, MemoryArm, SemanticArm, PopularityArm, UserHistoryArm,
+                                FusionArm)}
 
 
 def _policy_class(kind: str):
@@ -76,6 +80,8 @@ class CatalogEngine:
     engine: RetrieveAndRank
     budget: int
     version: str
+    # The catalogue's query normalisation (retrieval.analyzer; "qp2q" = qac.text.normalize_query).
+    normalize: Callable[[str], str] = normalize_query
 
 
 def load_engine(path: Path) -> CatalogEngine:
@@ -99,7 +105,8 @@ def load_engine(path: Path) -> CatalogEngine:
                              query_freq=lambda q: counts.get(q, 0), in_memory=lambda q: q in counts,
                              ranker_arms=p.get("ranker_arms"), ranker_budget=p.get("ranker_budget"))
     return CatalogEngine(p["catalog"], catalog, engine, int(p["config"]["default_budget"]),
-                         f"{p['catalog']}@{p.get('built_at', '')}")
+                         f"{p['catalog']}@{p.get('built_at', '')}",
+                         get_analyzer(p.get("analyzer", "qp2q")).normalize)
 
 
 def retrieval_payload(name: str, r: Retrieval, ctx: Context, shown: list[str]) -> dict:
@@ -228,7 +235,7 @@ class SearchService:
                               budget: int | None = None) -> tuple[SearchResult, Retrieval]:
         """:meth:`search`, also returning the :class:`Retrieval` (arm lists, decision, union) for evaluation."""
         ce = self.engine(catalog)
-        q = normalize_query(query)
+        q = ce.normalize(query)
         ctx = Context(user_id=context.user_id, previous_queries=tuple(context.previous_queries),
                       timestamp=int(context.timestamp), session_position=len(context.previous_queries))
         r = ce.engine.retrieve(q, ctx, budget or ce.budget, self._rng())
@@ -300,6 +307,11 @@ class SearchService:
 
     def close(self) -> None:
         self.store.close(self.state)
+
+
+def catalog_analyzer(artifacts_dir: str | os.PathLike, catalog: str) -> str:
+    """Name of the search analyzer ``DIR/search/<catalog>`` was built with ("qp2q" when unrecorded)."""
+    return load_artifact(Path(artifacts_dir) / SEARCH_DIR / catalog, "search").params.get("analyzer", "qp2q")
 
 
 def load_search_service(artifacts_dir: str | os.PathLike, state_dir: str | os.PathLike | None = None,

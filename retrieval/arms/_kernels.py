@@ -206,3 +206,4 @@ def promote(order, rank, scores, item):
         rank[moved] = p
     order[lo] = item
     rank[item] = lo
+

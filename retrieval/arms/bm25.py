@@ -7,7 +7,8 @@ Scoring (Robertson & Zaragoza, "The Probabilistic Relevance Framework: BM25 and 
                   idf(t) * tf(t, d) * (k1 + 1) / (tf(t, d) + k1 * (1 - b + b * |d| / avgdl))
     idf(t)      = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5))
 
-``tf(t, d)`` counts occurrences of ``t`` among the whitespace tokens of the normalised item text,
+``tf(t, d)`` counts occurrences of ``t`` among the terms of the item text (``BM25Config.analyzer``,
+:mod:`retrieval.analyzer`: ``"qp2q"`` = the whitespace tokens of ``normalize_query``),
 ``|d|`` is the number of tokens of ``d``, ``avgdl`` their mean over the catalogue, ``N`` the number
 of items and ``df(t)`` the number of items containing ``t``. A query term repeated in the query
 counts once (``"saw saw"`` scores as ``"saw"``): queries are short and a repeat is usually a typing
@@ -30,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from qac.artifacts import arrays_to_strings, strings_to_arrays
-from qac.text import normalize_query
+from retrieval.analyzer import ANALYZERS, get_analyzer
 from retrieval.arms import _kernels
 from retrieval.arms.base import (
     Arm,
@@ -57,10 +58,17 @@ class BM25Config:
         Term-frequency saturation, finite and >= 0 (0 = binary term presence).
     b : float
         Length normalisation, in [0, 1].
+    analyzer : str
+        How texts and queries become terms (:data:`retrieval.analyzer.ANALYZERS`).
+    compounds : bool
+        Also index (and query) the concatenation of adjacent word pairs
+        (:meth:`retrieval.analyzer.Analyzer.compounds`), on both sides.
     """
 
     k1: float = 1.2
     b: float = 0.75
+    analyzer: str = "qp2q"
+    compounds: bool = False
 
     def __post_init__(self) -> None:
         for name in ("k1", "b"):
@@ -74,16 +82,22 @@ class BM25Config:
             raise ValueError(f"k1 must be >= 0, got {self.k1}")
         if not 0.0 <= self.b <= 1.0:
             raise ValueError(f"b must be in [0, 1], got {self.b}")
+        if self.analyzer not in ANALYZERS:
+            raise ValueError(f"analyzer must be one of {ANALYZERS}, got {self.analyzer!r}")
+        if not isinstance(self.compounds, bool):
+            raise ValueError(f"compounds must be a bool, got {self.compounds!r}")
+
+    def terms(self, text: str) -> list[str]:
+        """Index terms of ``text`` under this configuration (repeats kept)."""
+        analyzer = get_analyzer(self.analyzer)
+        terms = analyzer.terms(text)
+        return terms + analyzer.compounds(terms) if self.compounds else terms
 
 
 def bm25_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
     """Lucene BM25 idf ``ln(1 + (N - df + 0.5) / (df + 0.5))``, float64 of the shape of ``df``."""
     df = np.asarray(df, dtype=np.float64)
     return np.log1p((n_docs - df + 0.5) / (df + 0.5))
-
-
-def _tokens(text: str) -> list[str]:
-    return normalize_query(text).split()
 
 
 class BM25Arm(Arm):
@@ -102,6 +116,7 @@ class BM25Arm(Arm):
             raise ValueError(f"doc_len must be a 1-d int32 array, got {doc_len.dtype}{doc_len.shape}")
         check_postings("bm25", len(vocab), n_items, postings_ptr, postings_items, postings_tf)
         self.config = config
+        self._terms = config.terms
         self._vocab = vocab
         self._term_id = {t: i for i, t in enumerate(vocab)}
         if len(self._term_id) != len(vocab):
@@ -119,15 +134,16 @@ class BM25Arm(Arm):
 
     # ---- build / persistence -------------------------------------------------------------------
     @classmethod
-    def build(cls, texts: Sequence[str], k1: float = 1.2, b: float = 0.75) -> "BM25Arm":
+    def build(cls, texts: Sequence[str], k1: float = 1.2, b: float = 0.75, analyzer: str = "qp2q",
+              compounds: bool = False) -> "BM25Arm":
         """Index ``texts`` (item id = position).
 
         Parameters
         ----------
         texts : sequence of str, length n_items
-            Item texts; normalised here with :func:`qac.text.normalize_query` (idempotent) and split
-            on whitespace.
-        k1, b : float
+            Item texts; cut into terms here by the analyzer (``"qp2q"``: :func:`qac.text.normalize_query`,
+            idempotent, split on whitespace).
+        k1, b, analyzer, compounds :
             See :class:`BM25Config`.
 
         Returns
@@ -141,7 +157,8 @@ class BM25Arm(Arm):
         TypeError
             ``texts`` is a str or holds a non-str.
         """
-        config = BM25Config(k1=k1, b=b)
+        config = BM25Config(k1=k1, b=b, analyzer=analyzer, compounds=compounds)
+        terms = config.terms
         if isinstance(texts, (str, bytes)):
             raise TypeError("texts: expected a sequence of str, got a single string")
         texts = list(texts)
@@ -152,7 +169,7 @@ class BM25Arm(Arm):
         for i, text in enumerate(texts):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}]: expected str, got {type(text).__name__}")
-            doc_tokens.append([provisional.setdefault(t, len(provisional)) for t in _tokens(text)])
+            doc_tokens.append([provisional.setdefault(t, len(provisional)) for t in terms(text)])
         vocab = sorted(provisional)
         remap = np.empty(len(provisional), dtype=np.int64)
         remap[[provisional[t] for t in vocab]] = np.arange(len(vocab))
@@ -190,7 +207,10 @@ class BM25Arm(Arm):
         doc_len = arrays["doc_len"]
         if doc_len.shape != (int(params["n_items"]),):
             raise ValueError(f"n_items: params say {params['n_items']}, doc_len has shape {doc_len.shape}")
-        return cls(BM25Config(k1=params["k1"], b=params["b"]), vocab, arrays["postings_ptr"],
+        # Artifacts written before the analyzer option analysed with qp2q.
+        config = BM25Config(k1=params["k1"], b=params["b"], analyzer=params.get("analyzer", "qp2q"),
+                            compounds=bool(params.get("compounds", False)))
+        return cls(config, vocab, arrays["postings_ptr"],
                    arrays["postings_items"], arrays["postings_tf"], doc_len)
 
     # ---- serving -------------------------------------------------------------------------------
@@ -206,14 +226,15 @@ class BM25Arm(Arm):
     def term_ids(self, query: str) -> np.ndarray:
         """Distinct known term ids of ``query``, int64 ascending (unknown terms dropped)."""
         get = self._term_id.get
-        ids = {get(t, -1) for t in _tokens(query)}
+        ids = {get(t, -1) for t in self._terms(query)}
         ids.discard(-1)
         return np.array(sorted(ids), dtype=np.int64)
 
     def retrieve(self, query: str, context: Context = EMPTY_CONTEXT, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items by BM25 score (see :meth:`Arm.retrieve` for the contract).
 
-        ``query`` is normalised again (idempotent), so a raw query works too. ``context`` is unused.
+        ``query`` is analysed here (normalisation is idempotent), so a raw query works too.
+        ``context`` is unused.
         """
         n = check_n(n)
         check_query(query)
@@ -236,4 +257,4 @@ class BM25Arm(Arm):
 
 def build_bm25_arm(texts: Sequence[str], config: BM25Config = BM25Config()) -> BM25Arm:
     """Offline builder: :meth:`BM25Arm.build` with a :class:`BM25Config`."""
-    return BM25Arm.build(texts, k1=config.k1, b=config.b)
+    return BM25Arm.build(texts, k1=config.k1, b=config.b, analyzer=config.analyzer, compounds=config.compounds)

@@ -31,7 +31,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from qac.artifacts import arrays_to_strings, strings_to_arrays
-from qac.text import normalize_query
+from retrieval.analyzer import ANALYZERS, get_analyzer
 from retrieval.arms import _kernels
 from retrieval.arms.base import (
     Arm,
@@ -56,10 +56,14 @@ class CharGramConfig:
     ----------
     ngram_min, ngram_max : int
         ``1 <= ngram_min <= ngram_max <= 8``; the default (3, 3) is character trigrams.
+    analyzer : str
+        The words n-grams are cut from are this analyzer's terms (:mod:`retrieval.analyzer`;
+        ``"qp2q"`` = the whitespace tokens of ``normalize_query``).
     """
 
     ngram_min: int = 3
     ngram_max: int = 3
+    analyzer: str = "qp2q"
 
     def __post_init__(self) -> None:
         for name in ("ngram_min", "ngram_max"):
@@ -71,23 +75,32 @@ class CharGramConfig:
             object.__setattr__(self, name, int(value))
         if self.ngram_min > self.ngram_max:
             raise ValueError(f"ngram_min must be <= ngram_max, got {self.ngram_min} > {self.ngram_max}")
+        if self.analyzer not in ANALYZERS:
+            raise ValueError(f"analyzer must be one of {ANALYZERS}, got {self.analyzer!r}")
 
 
-def char_wb_ngrams(text: str, ngram_min: int = 3, ngram_max: int = 3) -> list[str]:
-    """The n-grams of scikit-learn's ``char_wb`` analyzer on ``normalize_query(text)``.
+def char_wb_ngrams(text: str, ngram_min: int = 3, ngram_max: int = 3, analyzer: str = "qp2q") -> list[str]:
+    """The n-grams of scikit-learn's ``char_wb`` analyzer on the analyzer's terms of ``text``
+    joined by spaces (``"qp2q"``: ``normalize_query(text)``).
 
     Parameters
     ----------
     text : str
     ngram_min, ngram_max : int
+    analyzer : str
 
     Returns
     -------
     list of str
         With repeats (term frequency), word by word, shorter n first within a word.
     """
+    return _wb_grams(get_analyzer(analyzer).terms(text), ngram_min, ngram_max)
+
+
+def _wb_grams(words, ngram_min: int, ngram_max: int) -> list[str]:
+    """``char_wb`` n-grams of already analysed ``words``."""
     out: list[str] = []
-    for word in normalize_query(text).split():
+    for word in words:
         w = f" {word} "
         size = len(w)
         for n in range(ngram_min, ngram_max + 1):
@@ -127,14 +140,15 @@ class CharGramArm(Arm):
 
     # ---- build / persistence -------------------------------------------------------------------
     @classmethod
-    def build(cls, texts: Sequence[str], ngram_min: int = 3, ngram_max: int = 3) -> "CharGramArm":
+    def build(cls, texts: Sequence[str], ngram_min: int = 3, ngram_max: int = 3,
+              analyzer: str = "qp2q") -> "CharGramArm":
         """Index ``texts`` (item id = position).
 
         Parameters
         ----------
         texts : sequence of str, length n_items
             Item texts, normalised here (idempotent).
-        ngram_min, ngram_max : int
+        ngram_min, ngram_max, analyzer :
             See :class:`CharGramConfig`.
 
         Raises
@@ -144,7 +158,8 @@ class CharGramArm(Arm):
         TypeError
             ``texts`` is a str or holds a non-str.
         """
-        config = CharGramConfig(ngram_min=ngram_min, ngram_max=ngram_max)
+        config = CharGramConfig(ngram_min=ngram_min, ngram_max=ngram_max, analyzer=analyzer)
+        terms = get_analyzer(config.analyzer).terms
         if isinstance(texts, (str, bytes)):
             raise TypeError("texts: expected a sequence of str, got a single string")
         texts = list(texts)
@@ -160,10 +175,10 @@ class CharGramArm(Arm):
             if not isinstance(text, str):
                 raise TypeError(f"texts[{i}]: expected str, got {type(text).__name__}")
             start = len(flat_list)
-            for word in normalize_query(text).split():
+            for word in terms(text):
                 ids = word_grams.get(word)
                 if ids is None:
-                    grams = char_wb_ngrams(word, config.ngram_min, config.ngram_max)
+                    grams = _wb_grams((word,), config.ngram_min, config.ngram_max)
                     ids = word_grams[word] = [provisional.setdefault(g, len(provisional)) for g in grams]
                 flat_list.extend(ids)
             lens[i] = len(flat_list) - start
@@ -205,7 +220,8 @@ class CharGramArm(Arm):
         vocab = arrays_to_strings(arrays["vocab_flat"], arrays["vocab_ptr"])
         if len(vocab) != int(params["n_terms"]):
             raise ValueError(f"n_terms: params say {params['n_terms']}, vocabulary holds {len(vocab)}")
-        config = CharGramConfig(ngram_min=params["ngram_min"], ngram_max=params["ngram_max"])
+        config = CharGramConfig(ngram_min=params["ngram_min"], ngram_max=params["ngram_max"],
+                                analyzer=params.get("analyzer", "qp2q"))
         return cls(config, vocab, arrays["idf"], arrays["postings_ptr"], arrays["postings_items"],
                    arrays["postings_data"], int(params["n_items"]))
 
@@ -229,7 +245,7 @@ class CharGramArm(Arm):
         """
         get = self._gram_id.get
         tf: Counter = Counter()
-        for g in char_wb_ngrams(query, self.config.ngram_min, self.config.ngram_max):
+        for g in char_wb_ngrams(query, self.config.ngram_min, self.config.ngram_max, self.config.analyzer):
             i = get(g)
             if i is not None:
                 tf[i] += 1
@@ -267,4 +283,5 @@ class CharGramArm(Arm):
 
 def build_chargram_arm(texts: Sequence[str], config: CharGramConfig = CharGramConfig()) -> CharGramArm:
     """Offline builder: :meth:`CharGramArm.build` with a :class:`CharGramConfig`."""
-    return CharGramArm.build(texts, ngram_min=config.ngram_min, ngram_max=config.ngram_max)
+    return CharGramArm.build(texts, ngram_min=config.ngram_min, ngram_max=config.ngram_max,
+                             analyzer=config.analyzer)

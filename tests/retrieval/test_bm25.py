@@ -172,3 +172,43 @@ def test_homedepot_recall_at_100(shared_data):
     print(f"\nHome Depot BM25 recall@100 (test split, seed 0): {recall:.4f}")
     # measured 0.691 with whitespace tokens of qp2q-normalised titles, no stemming
     assert 0.6 < recall < 0.85
+
+
+def test_product_analyzer_scores_equal_formula_on_analysed_terms():
+    from retrieval.analyzer import get_analyzer
+
+    docs = ["Copper Pipes 1/2-in.", "1/2 in. copper pipe fitting", "door-bell kit", "doorbell"]
+    arm = BM25Arm.build(docs, analyzer="product", compounds=True)
+    config = BM25Config(analyzer="product", compounds=True)
+    analysed = [" ".join(config.terms(d)) for d in docs]
+    assert analysed[0] == "copper pipe 1/2 in copperpipe"
+    for query in ["1/2 inch copper pipes", "doorbell", "door bell"]:
+        expected = slow_bm25(analysed, " ".join(config.terms(query)))
+        ids, scores = arm.retrieve(query, Context(), 10)
+        assert set(ids.tolist()) == set(expected)
+        for i, s in zip(ids.tolist(), scores.tolist()):
+            assert s == pytest.approx(expected[i], rel=1e-5)
+    # a compound written as one word or two meets the other spelling
+    assert 3 in arm.retrieve("doorbell", Context(), 10)[0].tolist()
+    assert 2 in arm.retrieve("doorbells", Context(), 10)[0].tolist()
+    assert get_analyzer("product").normalize("1/2-in.") == "1/2 in"
+
+
+def test_analyzer_options_round_trip():
+    arm = BM25Arm.build(["copper pipes", "pipe"], analyzer="product", compounds=True)
+    params, arrays = arm.to_arrays()
+    again = BM25Arm.from_arrays(params, arrays)
+    assert again.config == arm.config
+    assert again.retrieve("pipes", Context(), 5)[0].tolist() == arm.retrieve("pipes", Context(), 5)[0].tolist()
+    # artifacts written before the option analyse with qp2q
+    legacy = {k: v for k, v in params.items() if k not in ("analyzer", "compounds")}
+    assert BM25Arm.from_arrays(legacy, arrays).config == BM25Config()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"analyzer": "porter"}, "analyzer must be one of"),
+    ({"compounds": 1}, "compounds must be a bool"),
+])
+def test_invalid_analyzer_options(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        BM25Config(**kwargs)

@@ -153,6 +153,20 @@ def test_build_homedepot_ranker_smoke():
     assert set(report["n_queries"]) == {"fit", "dev", "test"}
 
 
+def test_build_homedepot_ranker_chooses_linear_by_dev_ndcg():
+    from retrieval.ranker import LinearRanker, build_homedepot_ranker
+
+    catalog, judgments = _tiny_catalog_and_judgments()
+    grid = (RankerConfig(n_trees=5, max_leaf_nodes=3, min_samples_leaf=5),)
+    ranker, _, report = build_homedepot_ranker(catalog, judgments, grid=grid, n_folds=3, allow_linear=True)
+    linear_wins = report["dev"]["linear"] >= report["dev"]["best"]["ndcg@10"]
+    assert report["chosen"] == ("linear" if linear_wins else "trees")
+    assert isinstance(ranker, LinearRanker) == linear_wins
+    assert ranker.n_features == len(report["feature_names"])
+    _, _, no_linear = build_homedepot_ranker(catalog, judgments, grid=grid, n_folds=3)
+    assert no_linear["chosen"] == "trees"
+
+
 def test_build_aol_ranker_smoke():
     from retrieval.catalog import Catalog, ClickEvent
     from retrieval.ranker import build_aol_ranker

@@ -124,3 +124,49 @@ def test_invalid_input(kwargs, message):
 def test_invalid_index_config(kwargs, message):
     with pytest.raises(ValueError, match=message):
         ItemTextIndex.build(TEXTS, **kwargs)
+
+
+PRODUCT_TEXTS = [
+    "Simpson Strong-Tie 12-Gauge Angle",
+    "1/2 in. x 10 ft. Copper Pipes",
+    "Copper Pipe Fitting 1/2-in. 3/4-in.",
+    "",
+    "door bell kit 2-Pack",
+    "pipe copper 10 ft",
+]
+
+
+@pytest.mark.parametrize("query", [
+    "1/2 copper pipe", "copper pipes 10 ft", "12 gauge angle", "door bell", "pipe", "zzz 1/2", "",
+    "3/4 fitting copper", "copper copper pipe pipe",
+])
+def test_match_features_with_product_analyzer_equal_reference(query):
+    idx = ItemTextIndex.build(PRODUCT_TEXTS, analyzer="product", match_features=True)
+    rng = np.random.default_rng(2)
+    stats = rng.random((len(PRODUCT_TEXTS), 3)).astype(np.float32)
+    ids = np.arange(len(PRODUCT_TEXTS), dtype=np.int32)[::-1].copy()
+    arm = rng.random((ids.size, 1)).astype(np.float32)
+    got = candidate_features(query, ids, arm, idx, stats)
+    idf = {t: float(idx.idf[i]) for i, t in enumerate(idx.vocab)}
+    want = reference_candidate_features(query, [PRODUCT_TEXTS[i] for i in ids], arm, idf, idx.unseen_idf,
+                                        idx.avg_len, stats[ids], analyzer="product", match_features=True)
+    assert got.shape == (ids.size, len(feature_names(["a"], ITEM_STAT_NAMES, idx.text_feature_names)))
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def test_match_features_values_and_round_trip():
+    idx = ItemTextIndex.build(PRODUCT_TEXTS, analyzer="product", match_features=True)
+    names = list(idx.text_feature_names)
+    f = candidate_features("1/2 inch copper pipes", np.array([1, 2, 5], dtype=np.int32), np.zeros((3, 0), np.float32),
+                           idx, np.zeros((len(PRODUCT_TEXTS), 0), np.float32))
+    # terms: 1/2 in copper pipe -- numeric {1/2}; head "pipe"; pairs (1/2 in) (in copper) (copper pipe)
+    np.testing.assert_allclose(f[:, names.index("num_match")], [1, 1, 0])
+    np.testing.assert_allclose(f[:, names.index("has_num")], [1, 1, 1])
+    np.testing.assert_allclose(f[:, names.index("head_match")], [1, 1, 1])
+    np.testing.assert_allclose(f[:, names.index("pair_match")], [2 / 3, 2 / 3, 0], atol=1e-6)
+    params, arrays = idx.to_arrays()
+    again = ItemTextIndex.from_arrays(params, arrays)
+    assert again.analyzer == "product" and again.match_features and again.n_text_features == len(names)
+    legacy = {k: v for k, v in params.items() if k not in ("analyzer", "match_features")}
+    old = ItemTextIndex.from_arrays(legacy, arrays)
+    assert old.analyzer == "qp2q" and not old.match_features and old.n_text_features == len(TEXT_FEATURE_NAMES)
