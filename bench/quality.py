@@ -22,8 +22,9 @@ Search (``serving.evaluate_search``; needs an artifact built with search): the A
 the per-query oracle; MRR@10 of the ranked list) and Home Depot graded judgments (recall@100 of the
 union and of each arm; nDCG@10 of the ranker and of BM25 order).
 
-``--artifacts``/``--search-artifacts`` are reused when they hold a manifest; ``--build`` (or a missing
-artifact) builds them from ``--train`` (and ``--catalog``/``--hd-train`` for Home Depot) first.
+``--artifacts``/``--search-artifacts`` are reused when they hold a manifest; a missing one is built
+from ``--train`` (and ``--catalog``/``--hd-train`` for Home Depot) first; ``--build`` rebuilds
+``--artifacts`` (never a separate, existing ``--search-artifacts``).
 """
 from __future__ import annotations
 
@@ -252,7 +253,8 @@ def main(argv=None) -> int:
     ap.add_argument("--hd-test", type=Path, help="Home Depot test judgments")
     ap.add_argument("--catalog", type=Path, help="Home Depot products (to build the search artifact)")
     ap.add_argument("--hd-train", type=Path, help="Home Depot training judgments (to build the search artifact)")
-    ap.add_argument("--build", action="store_true", help="rebuild the artifacts even if they exist")
+    ap.add_argument("--build", action="store_true", help="rebuild --artifacts even if it exists (a separate "
+                    "--search-artifacts is only built when missing)")
     ap.add_argument("--no-search", action="store_true", help="completion table only")
     ap.add_argument("--max-points", type=int, help="completion test points (default: all)")
     ap.add_argument("--max-events", type=int, help="AOL search replay click events (default: all)")
@@ -283,7 +285,7 @@ def main(argv=None) -> int:
     else:
         if args.build or not _has_manifest(args.artifacts):
             build(args.artifacts, False)
-        if want_search and (args.build or not _has_manifest(search_art)):
+        if want_search and not _has_manifest(search_art):  # an existing one is input: never rebuilt
             build(search_art, True)
     result["completion"] = completion_table(args.artifacts, args.test, args.train, args.max_points, say)
     if want_search:
