@@ -146,3 +146,18 @@ def test_cluster_chain_matches_the_tree(tiny_split, tmp_path):
     pos[model.label_perm] = np.arange(model.n_labels)
     cp = model.level_child_ptr(model.depth - 1)
     np.testing.assert_array_equal(leaf_of_label, np.searchsorted(cp, pos, side="right") - 1)
+
+
+def test_quality_never_rebuilds_a_given_search_artifact(tiny_split, tmp_path):
+    """``--build`` rebuilds ``--artifacts`` only; an existing ``--search-artifacts`` is read, never written."""
+    from qac.build import build_completion
+
+    given = tmp_path / "given"
+    build_completion(tiny_split / "train.tsv.gz", given, progress=False)
+    before = {f.name: f.stat().st_mtime_ns for f in given.iterdir()}
+    rc = quality.main(["--artifacts", str(tmp_path / "art"), "--search-artifacts", str(given), "--build",
+                       "--train", str(tiny_split / "train.tsv.gz"), "--test", str(tiny_split / "test.tsv.gz"),
+                       "--max-points", "20"])
+    assert rc == 0
+    assert {f.name: f.stat().st_mtime_ns for f in given.iterdir()} == before
+    assert (tmp_path / "art" / "manifest.json").is_file()
