@@ -29,14 +29,13 @@ from ``--train`` (and ``--catalog``/``--hd-train`` for Home Depot) first; ``--bu
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import machine_info
+from bench.common import machine_info, write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -297,8 +296,7 @@ def main(argv=None) -> int:
         args.md.parent.mkdir(parents=True, exist_ok=True)
         args.md.write_text(md + "\n")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.bench_complete import time_calls
-from bench.common import format_row, machine_info, percentiles_us
+from bench.common import format_row, machine_info, percentiles_us, write_json
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aol"
 DEFAULT_LOG = DATA / "aol_top1000_users.before_2006-05-25.tsv.gz"
@@ -369,8 +369,7 @@ def main(argv=None) -> int:
                   f"peak RSS {pj['peak_rss_mb'] / 1024:.1f} GB, artifact {pj['artifact_mb'] / 1024:.1f} GB, "
                   f"p50 {pj['complete_p50_us']:.0f} us, p99 {pj['complete_p99_us']:.0f} us")
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            write_json(args.json, result)
     finally:
         if tmp is not None:
             tmp.cleanup()
