@@ -288,14 +288,68 @@ def growth(small: dict, large: dict) -> dict:
         for p in ("p50", "p99"):
             out[f"complete_{p}_us"] = ratio(small["latency"]["complete_us"][p],
                                             large["latency"]["complete_us"][p])
-    out["stages_cpu_s"] = {k: ratio(v, large["build"]["stages_cpu_s"].get(k, float("nan")))
-                           for k, v in small["build"]["stages_cpu_s"].items()}
+    big_stages = large["build"]["stages_cpu_s"]
+    out["stages_cpu_s"] = {k: ratio(v, big_stages[k]) for k, v in small["build"]["stages_cpu_s"].items()
+                           if k in big_stages}
     return out
 
 
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
+
+
+def markdown(result: dict) -> str:
+    """README table of a :func:`main` result: one column per built case, growth and projection."""
+    cases = [(k, v) for k, v in result["cases"].items() if "build" in v]
+    if not cases:
+        return ""
+    pj, g = result.get("projection"), result.get("growth")
+    head = [""] + [f"`{k}`" for k, _ in cases] + (["growth"] if g else []) + \
+        ([f"projection to {pj['n_labels']:,} labels"] if pj else [])
+    rows = []
+
+    def row(name, vals, grow="", proj=""):
+        rows.append([name] + vals + ([grow] if g else []) + ([proj] if pj else []))
+
+    def b(k):
+        return [v["build"] for _, v in cases] if k is None else [v["build"][k] for _, v in cases]
+
+    row("labels", [f"{x['counts']['n_labels']:,}" for x in b(None)], g and f"x{g['n_labels']:.2f}",
+        pj and f"{pj['n_labels']:,}")
+    row("training points / nnz(X)", [f"{x['counts']['n_points']:,} / {x['counts']['nnz_features']:,}"
+                                     for x in b(None)])
+    row("tree depth", [str(x["counts"]["tree_depth"]) for x in b(None)], "", pj and f"{pj['tree_depth']:.1f}")
+    row("build, wall (load avg 1 min before/after)",
+        [f"{x['wall_s']:.1f} s ({x['loadavg_before'][0]:.1f}/{x['loadavg_after'][0]:.1f})" for x in b(None)],
+        g and f"x{g['build_wall_s']:.2f}", pj and f"{pj['total_s']:,.0f} s")
+    row("build, CPU (user + system)", [f"{x['cpu_s']:.1f} s" for x in b(None)], g and f"x{g['build_cpu_s']:.2f}",
+        pj and f"{pj['total_cpu_s']:,.0f} s")
+    stages = list(dict.fromkeys(k for x in b(None) for k in x["stages_cpu_s"] if k != "total"))
+    for stage in stages:
+        ratio = g["stages_cpu_s"].get(stage) if g else None
+        row(f"{stage}: wall / CPU", [f"{x['stages_s'][stage]:.1f} / {x['stages_cpu_s'][stage]:.1f} s"
+                                     if stage in x["stages_s"] else "-" for x in b(None)],
+            ratio is not None and f"x{ratio:.2f} (CPU)",
+            pj and stage in pj["stages_cpu_s"] and
+            f"{pj['stages_cpu_s'][stage]:,.0f} s CPU ({pj['models'][stage]})")
+    row("peak RSS of the build", [f"{x:,.0f} MB" for x in b("peak_rss_mb")], g and f"x{g['peak_rss_mb']:.2f}",
+        pj and f"{pj['peak_rss_mb'] / 1024:.1f} GB")
+    row("artifact on disk", [f"{x:.1f} MB" for x in b("artifact_disk_mb")], g and f"x{g['artifact_mb']:.2f}",
+        pj and f"{pj['artifact_mb'] / 1024:.2f} GB")
+    lats = [v.get("latency") for _, v in cases]
+    if all(lats):
+        for key, name in (("complete_us", "`complete` wall p50 / p99"), ("complete_cpu_us", "`complete` thread CPU p50 / p99"),
+                          ("baseline_mpc_us", "baseline MPC only, wall p50 / p99"),
+                          ("baseline_mpc_cpu_us", "baseline MPC only, thread CPU p50 / p99")):
+            if not all(key in lat for lat in lats):
+                continue
+            row(name, [f"{lat[key]['p50'] / 1e3:.3f} / {lat[key]['p99'] / 1e3:.3f} ms" for lat in lats],
+                "", pj and key == "complete_us" and f"{pj['complete_p50_us'] / 1e3:.3f} / {pj['complete_p99_us'] / 1e3:.3f} ms" or "")
+        row("latency load avg (1 min)", [f"{lat['loadavg'][0]:.1f}" for lat in lats])
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    lines += ["| " + " | ".join(str(c) if c else "" for c in r) + " |" for r in rows]
+    return "\n".join(lines)
 
 
 def _print_case(name: str, case: dict) -> None:
@@ -333,6 +387,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-rows", type=int, help="read at most this many rows of each input (smoke tests)")
     ap.add_argument("--project", type=int, default=10_000_000, help="labels to project to")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--md", type=Path, help="write the Markdown table here")
+    ap.add_argument("--from-json", type=Path, help="only print/write the Markdown table of an earlier --json")
     ap.add_argument("--child", choices=CASES, help=argparse.SUPPRESS)
     ap.add_argument("--child-source", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -344,6 +400,12 @@ def main(argv=None) -> int:
         args.child_result.write_text(json.dumps(res))
         return 0
 
+    if args.from_json:
+        md = markdown(json.loads(args.from_json.read_text()))
+        print(md)
+        if args.md:
+            args.md.write_text(md + "\n")
+        return 0
     cases = [c for c in args.cases.split(",") if c]
     unknown = set(cases) - set(CASES)
     if unknown:
@@ -391,6 +453,10 @@ def main(argv=None) -> int:
                   f"p50 {pj['complete_p50_us']:.0f} us, p99 {pj['complete_p99_us']:.0f} us")
         if args.json:
             write_json(args.json, result)
+        md = markdown(result)
+        print("\n" + md)
+        if args.md:
+            args.md.write_text(md + "\n")
     finally:
         if tmp is not None:
             tmp.cleanup()
