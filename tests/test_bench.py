@@ -70,6 +70,8 @@ def test_scale_smoke_on_real_slices(tmp_path, shared_data):
     pj = res["projection"]
     assert pj["n_labels"] == 1_000_000 and pj["total_s"] > 0 and pj["peak_rss_mb"] > 0
     assert pj["models"]["xr-linear"] == "nnz(X) x depth"
+    md = scale.markdown(res)
+    assert md.count("\n") >= 15 and f"| {n_large:,} |" in md.replace(f"| {n_small:,} | {n_large:,} |", f"| {n_large:,} |")
 
 
 def test_prefix_requests_are_prefixes_of_rows():
