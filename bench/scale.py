@@ -380,8 +380,8 @@ def main(argv=None) -> int:
     ap.add_argument("--queries", type=Path, default=DEFAULT_QUERIES)
     ap.add_argument("--cases", default=",".join(CASES), help="comma-separated subset of " + ",".join(CASES))
     ap.add_argument("--work", type=Path, help="keep the artifacts here (default: a temporary directory)")
-    ap.add_argument("--reuse", action="store_true", help="skip building a case whose artifact exists in --work "
-                    "(no build figures for it)")
+    ap.add_argument("--reuse", action="store_true", help="skip building a case whose artifact exists in --work; "
+                    "its build figures are carried over from the existing --json file, if any (re-time latency only)")
     ap.add_argument("--n", type=int, default=5000, help="distinct latency requests per case")
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--max-rows", type=int, help="read at most this many rows of each input (smoke tests)")
@@ -417,6 +417,11 @@ def main(argv=None) -> int:
         work = Path(tmp.name)
     work.mkdir(parents=True, exist_ok=True)
     result: dict = {"machine": machine_info(), "argv": sys.argv[1:], "cases": {}}
+    previous = {}
+    if args.reuse and args.json is not None and args.json.is_file():
+        old = json.loads(args.json.read_text())
+        previous = {k: v["build"] for k, v in old.get("cases", {}).items() if "build" in v}
+        result["build_figures_from"] = {"argv": old.get("argv"), "machine": old.get("machine")}
     print(f"machine: {result['machine']}")
     try:
         for case in cases:
@@ -427,6 +432,8 @@ def main(argv=None) -> int:
             entry: dict = {"source": str(source)}
             if not (args.reuse and (art / "manifest.json").is_file()):
                 entry["build"] = run_build(case, source, art, args.max_rows)
+            elif case in previous:
+                entry["build"] = previous[case]
             if case == "aol":
                 requests = session_requests(source, args.n, seed=1)
             else:

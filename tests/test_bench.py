@@ -70,6 +70,15 @@ def test_scale_smoke_on_real_slices(tmp_path, shared_data):
     pj = res["projection"]
     assert pj["n_labels"] == 1_000_000 and pj["total_s"] > 0 and pj["peak_rss_mb"] > 0
     assert pj["models"]["xr-linear"] == "nnz(X) x depth"
+    # --reuse re-times latency on the same artifacts and carries the build figures over.
+    assert scale.main(["--aol-log", str(shared_data / "aol" / "aol_top1000_users.before_2006-05-25.tsv.gz"),
+                       "--queries", str(shared_data / "aol" / "aol_2006_1M_queries.txt.gz"),
+                       "--max-rows", "1500", "--n", "20", "--repeats", "2", "--work", str(tmp_path / "w"),
+                       "--reuse", "--json", str(out)]) == 0
+    again = json.loads(out.read_text())
+    assert "build_figures_from" in again
+    for name, case in again["cases"].items():
+        assert case["build"] == res["cases"][name]["build"] and case["latency"]["n_requests"] == 20
     md = scale.markdown(res)
     assert md.count("\n") >= 15 and f"| {n_large:,} |" in md.replace(f"| {n_small:,} | {n_large:,} |", f"| {n_large:,} |")
 
