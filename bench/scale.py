@@ -245,7 +245,8 @@ def project(case: dict, n_target: int, small: dict | None = None) -> dict:
     -------
     dict with ``n_labels``, ``scale`` (n_target / n), ``tree_depth``, ``stages_s``,
     ``stages_cpu_s``, ``total_s``, ``total_cpu_s``, ``peak_rss_mb``, ``artifact_mb``,
-    ``complete_p50_us``, ``complete_p99_us`` and ``models``.
+    ``complete_p50_us``, ``complete_p99_us`` (wall), ``complete_cpu_p50_us``,
+    ``complete_cpu_p99_us`` (thread CPU) and ``models``.
     """
     b = case["build"]
     n = float(b["counts"]["n_labels"])
@@ -265,12 +266,15 @@ def project(case: dict, n_target: int, small: dict | None = None) -> dict:
         return b[key] + slope * (n_target - n)
 
     lat = case.get("latency", {}).get("complete_us", {})
+    lat_cpu = case.get("latency", {}).get("complete_cpu_us", {})
     return {"n_labels": n_target, "scale": r, "tree_depth": depth_t, "stages_s": stages,
             "stages_cpu_s": stages_cpu, "total_s": sum(stages.values()),
             "total_cpu_s": sum(stages_cpu.values()), "peak_rss_mb": linear("peak_rss_mb"),
             "artifact_mb": linear("artifact_disk_mb"),
             "complete_p50_us": lat.get("p50", float("nan")) * depth_t / depth,
             "complete_p99_us": lat.get("p99", float("nan")) * depth_t / depth,
+            "complete_cpu_p50_us": lat_cpu.get("p50", float("nan")) * depth_t / depth,
+            "complete_cpu_p99_us": lat_cpu.get("p99", float("nan")) * depth_t / depth,
             "models": {**models, "peak_rss_mb": "a + b n", "artifact_mb": "a + b n", "latency": "depth"}}
 
 
@@ -297,6 +301,17 @@ def growth(small: dict, large: dict) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Main
 # ---------------------------------------------------------------------------------------------
+
+
+def summarise(result: dict, n_target: int) -> dict:
+    """Add ``growth`` (two built cases) and ``projection`` (to ``n_target`` labels) to ``result``."""
+    by_size = sorted((v for v in result["cases"].values() if "build" in v),
+                     key=lambda e: e["build"]["counts"]["n_labels"])
+    if len(by_size) == 2:
+        result["growth"] = growth(*by_size)
+    if by_size:
+        result["projection"] = project(by_size[-1], n_target, by_size[0] if len(by_size) > 1 else None)
+    return result
 
 
 def markdown(result: dict) -> str:
@@ -344,8 +359,11 @@ def markdown(result: dict) -> str:
                           ("baseline_mpc_cpu_us", "baseline MPC only, thread CPU p50 / p99")):
             if not all(key in lat for lat in lats):
                 continue
-            row(name, [f"{lat[key]['p50'] / 1e3:.3f} / {lat[key]['p99'] / 1e3:.3f} ms" for lat in lats],
-                "", pj and key == "complete_us" and f"{pj['complete_p50_us'] / 1e3:.3f} / {pj['complete_p99_us'] / 1e3:.3f} ms" or "")
+            proj = ""
+            if pj and key in ("complete_us", "complete_cpu_us"):
+                tag = "complete_cpu" if key == "complete_cpu_us" else "complete"
+                proj = f"{pj[tag + '_p50_us'] / 1e3:.3f} / {pj[tag + '_p99_us'] / 1e3:.3f} ms (depth)"
+            row(name, [f"{lat[key]['p50'] / 1e3:.3f} / {lat[key]['p99'] / 1e3:.3f} ms" for lat in lats], "", proj)
         row("latency load avg (1 min)", [f"{lat['loadavg'][0]:.1f}" for lat in lats])
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     lines += ["| " + " | ".join(str(c) if c else "" for c in r) + " |" for r in rows]
@@ -401,7 +419,7 @@ def main(argv=None) -> int:
         return 0
 
     if args.from_json:
-        md = markdown(json.loads(args.from_json.read_text()))
+        md = markdown(summarise(json.loads(args.from_json.read_text()), args.project))
         print(md)
         if args.md:
             args.md.write_text(md + "\n")
@@ -441,17 +459,15 @@ def main(argv=None) -> int:
             entry["latency"] = measure_latency(art, requests, args.repeats)
             result["cases"][case] = entry
             _print_case(case, entry)
+        summarise(result, args.project)
         built = [c for c in cases if "build" in result["cases"][c]]
-        if len(built) == 2:
-            small, large = sorted((result["cases"][c] for c in built), key=lambda e: e["build"]["counts"]["n_labels"])
-            result["growth"] = growth(small, large)
+        if "growth" in result:
             g = result["growth"]
             print(f"\n== growth ({built[0]} -> {built[1]}): labels x{g['n_labels']:.2f}, build wall x{g['build_wall_s']:.2f}, "
                   f"CPU x{g['build_cpu_s']:.2f}, peak RSS x{g['peak_rss_mb']:.2f}, artifact x{g['artifact_mb']:.2f}, "
                   f"p50 x{g.get('complete_p50_us', float('nan')):.2f}, p99 x{g.get('complete_p99_us', float('nan')):.2f}")
-        if built:
-            by_size = sorted((result["cases"][c] for c in built), key=lambda e: e["build"]["counts"]["n_labels"])
-            pj = result["projection"] = project(by_size[-1], args.project, by_size[0] if len(by_size) > 1 else None)
+        if "projection" in result:
+            pj = result["projection"]
             print(f"\n== projection to {args.project:,} labels (x{pj['scale']:.1f}, depth {pj['tree_depth']:.1f}; "
                   f"models {pj['models']}):")
             print(f"  build {pj['total_s']:.0f} s wall, {pj['total_cpu_s']:.0f} s CPU "
