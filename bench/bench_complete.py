@@ -22,12 +22,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import format_row, machine_info, percentiles_us, rss_mb
+from bench.common import format_row, machine_info, percentiles_us, rss_mb, write_json
 
 DEFAULT_LOG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "aol" / \
     "aol_top1000_users.before_2006-05-25.tsv.gz"
@@ -143,8 +142,7 @@ def main(argv=None) -> int:
               f"{s['after_requests']['rss_mb']:.0f} MB after {n} gRPC requests (peak {s['after_requests']['peak_rss_mb']:.0f} MB); "
               f"gRPC answers differing from in-process: {mismatches}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     if tmp is not None:
         tmp.cleanup()
     return 0

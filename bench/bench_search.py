@@ -14,14 +14,13 @@ p99 <= 2 ms.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from bench.common import format_row, machine_info, percentiles_us
+from bench.common import format_row, machine_info, percentiles_us, write_json
 
 
 def main(argv=None) -> int:
@@ -98,8 +97,7 @@ def main(argv=None) -> int:
     print(format_row("Search (all arms, policy, rank, commit)", result["search_us"]))
     print(format_row("Feedback (commit + online update)", result["feedback_us"]))
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        write_json(args.json, result)
     return 0
 
 

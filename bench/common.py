@@ -1,6 +1,7 @@
 """Helpers shared by the benchmarks: machine facts, versions, percentiles, RSS of a process."""
 from __future__ import annotations
 
+import json
 import os
 import platform
 from importlib import metadata
@@ -33,6 +34,15 @@ def machine_info() -> dict:
     return {"platform": platform.platform(), "cpu": cpu, "cpu_count": os.cpu_count(),
             "loadavg_1m": os.getloadavg()[0], "python": platform.python_version(), "versions": versions,
             "numba_threads": numba_threads}
+
+
+def write_json(path, obj: dict) -> None:
+    """Write a benchmark result as indented JSON, creating the parent directory."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
 def percentiles_us(ns) -> dict:
