@@ -236,7 +236,7 @@ def project(case: dict, n_target: int, small: dict | None = None) -> dict:
     - every other stage (reading, normalising, features, MPC and suffix tries, save): ``t ~ n``;
     - peak RSS and artifact size: ``a + b n`` (a fixed interpreter/library part plus labels x
       average stored weights per label), the line through ``small`` and ``case`` when ``small`` is
-      given, else ``b n`` through the origin (an upper bound);
+      given and cost less, else ``b n`` through the origin (an upper bound);
     - latency: ``~ depth`` (beam x fanout x depth work per query, never proportional to n).
 
     Wall and CPU seconds are projected alike (CPU seconds do not depend on the machine's load).
@@ -258,12 +258,19 @@ def project(case: dict, n_target: int, small: dict | None = None) -> dict:
     stages = {k: b["stages_s"][k] * factor[m] for k, m in models.items()}
     stages_cpu = {k: b["stages_cpu_s"].get(k, float("nan")) * factor[m] for k, m in models.items()}
 
+    fits: dict[str, str] = {}
+
     def linear(key: str) -> float:
-        if small is None or "build" not in small:
-            return b[key] * r
-        n0, y0 = float(small["build"]["counts"]["n_labels"]), small["build"][key]
-        slope = (b[key] - y0) / (n - n0) if n != n0 else b[key] / n
-        return b[key] + slope * (n_target - n)
+        if small is not None and "build" in small:
+            n0, y0 = float(small["build"]["counts"]["n_labels"]), small["build"][key]
+            slope = (b[key] - y0) / (n - n0) if n != n0 else b[key] / n
+            if slope > 0:
+                fits[key] = "a + b n"
+                return b[key] + slope * (n_target - n)
+        # No second case, or the smaller case cost more (the session index also builds user
+        # histories and the completion ranker, which the prefix-only index does not): b n.
+        fits[key] = "b n"
+        return b[key] * r
 
     lat = case.get("latency", {}).get("complete_us", {})
     lat_cpu = case.get("latency", {}).get("complete_cpu_us", {})
@@ -275,7 +282,8 @@ def project(case: dict, n_target: int, small: dict | None = None) -> dict:
             "complete_p99_us": lat.get("p99", float("nan")) * depth_t / depth,
             "complete_cpu_p50_us": lat_cpu.get("p50", float("nan")) * depth_t / depth,
             "complete_cpu_p99_us": lat_cpu.get("p99", float("nan")) * depth_t / depth,
-            "models": {**models, "peak_rss_mb": "a + b n", "artifact_mb": "a + b n", "latency": "depth"}}
+            "models": {**models, "peak_rss_mb": fits["peak_rss_mb"], "artifact_mb": fits["artifact_disk_mb"],
+                       "latency": "depth"}}
 
 
 def growth(small: dict, large: dict) -> dict:
