@@ -508,12 +508,15 @@ async def run_step(client: LoadClient, rates: dict[str, float], duration_s: floa
             setup = await client.collect_clicks(need)
     senders = {m: client.sender(m) for m in rates}
     load_start = os.getloadavg()[0]
+    client_cpu, t = time.process_time(), time.perf_counter()
     with ServerMonitor(pids) as mon:
         results = await asyncio.gather(*(run_open_loop(senders[m], r, _n_requests(r, duration_s, max_requests))
                                          for m, r in rates.items()))
+    client_cpu = (time.process_time() - client_cpu) / (time.perf_counter() - t)
     rows = {}
     for (m, r), res in zip(rates.items(), results):
-        rows[m] = {"mix": m, **summarize(res, r), **mon.report(), "concurrent_mixes": sorted(rates),
+        rows[m] = {"mix": m, **summarize(res, r), **mon.report(), "client_cpu_cores": client_cpu,
+                   "concurrent_mixes": sorted(rates),
                    "loadavg_1m": {"start": load_start, "end": os.getloadavg()[0]}}
         if m == "feedback" and setup:
             rows[m]["feedback_setup"] = setup
@@ -567,7 +570,8 @@ async def run_benchmark(target: str, pids: Sequence[int], mix_rates: dict[str, l
                 lat = row["latency_ms"]
                 progress(f"{m:<17} {rate:7.0f}/s  achieved {row['achieved_rps']:7.1f}/s  "
                          f"p50 {_ms(lat['p50'])}  p99 {_ms(lat['p99'])}  p99.9 {_ms(lat['p99.9'])}  "
-                         f"errors {row['errors'] or 0}  cpu {row['server_cpu_cores']:.2f}  "
+                         f"errors {row['errors'] or 0}  cpu {row['server_cpu_cores']:.2f} "
+                         f"(client {row['client_cpu_cores']:.2f}, lag p99 {_ms(row['send_lag_ms']['p99'])})  "
                          f"load {row['loadavg_1m']['end']:.2f}")
                 await asyncio.sleep(pause_s)
         add_echo_ratios(steps)
@@ -699,8 +703,8 @@ def render_plot(report: dict, path: Path) -> str | None:
 def format_table(report: dict) -> str:
     """Markdown table of the sweep (and soak) rows."""
     lines = ["| mix | offered/s | achieved/s | p50 ms | p95 | p99 | p99.9 | max | p50/echo | p99/echo | errors | "
-             "server CPU | RSS MB end | load |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|"]
+             "server CPU | client CPU | RSS MB end | load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
     rows = list(report["steps"]) + [dict(r, mix=f"soak {r['mix']}") for r in (report.get("soak") or {}).get("rows", [])]
     for r in rows:
         lat, ratio = r["latency_ms"], r.get("ratio_to_echo") or {}
@@ -711,7 +715,7 @@ def format_table(report: dict) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
         lines.append(f"| {r['mix']} | {r['offered_rps']:.0f} | {r['achieved_rps']:.1f} | {f(lat['p50'])} | "
                      f"{f(lat['p95'])} | {f(lat['p99'])} | {f(lat['p99.9'])} | {f(lat['max'])} | "
-                     f"{f(ratio.get('p50'))} | {f(ratio.get('p99'))} | {errs} | {r['server_cpu_cores']:.2f} | "
+                     f"{f(ratio.get('p50'))} | {f(ratio.get('p99'))} | {errs} | {r['server_cpu_cores']:.2f} | {r['client_cpu_cores']:.2f} | "
                      f"{r['server_rss_mb']['end']:.0f} | {r['loadavg_1m']['end']:.2f} |")
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from serving.echo import ECHO_SERVICE_NAME, echo_method_handlers
 from serving.pb.qac.v1 import echo_pb2, echo_pb2_grpc, qac_service_pb2
 from serving.servicer import register_handlers
 from serving.client import check_health
+from tests import test_servicer
 from tests.test_server_e2e import ServerProcess
 from tests.test_servicer import (  # noqa: F401 - fixtures
     INVALID_REQUESTS,
@@ -242,15 +243,14 @@ def test_asyncio_mode_answers_like_the_thread_pool(start_server, channel_to):
     assert check_health(target) == "SERVING"
 
 
+@pytest.fixture
+def start_asyncio_server(start_server):
+    return lambda completer=None, **config: start_server(completer, mode="asyncio", **config)
+
+
 @pytest.mark.parametrize("mutate, details", [c[1:] for c in INVALID_REQUESTS], ids=[c[0] for c in INVALID_REQUESTS])
-def test_asyncio_mode_invalid_request_table(start_server, channel_to, mutate, details):
-    _, target = start_server(FakeCompleter(), mode="asyncio")
-    request = valid_request()
-    mutate(request)
-    with pytest.raises(grpc.RpcError) as info:
-        call(channel_to(target), request)
-    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert info.value.details().startswith(details)
+def test_asyncio_mode_invalid_request_table(start_asyncio_server, channel_to, mutate, details):
+    test_servicer.test_invalid_request_is_invalid_argument(start_asyncio_server, channel_to, mutate, details)
 
 
 def test_asyncio_mode_invalid_utf8_and_internal_errors(start_server, channel_to):
