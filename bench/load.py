@@ -662,7 +662,8 @@ def render_plot(report: dict, path: Path) -> str | None:
     except ImportError:
         return "matplotlib is not installed (pip install 'qac-service[bench]' or pip install matplotlib); no plot"
     steps = report["steps"]
-    mixes = [m for m in dict.fromkeys(r["mix"] for r in steps) if m != "echo"]
+    present = {r["mix"] for r in steps}
+    mixes = [m for m in MIX_NAMES if m in present and m != "echo"]
     echo = sorted((r["offered_rps"], r["latency_ms"]) for r in steps if r["mix"] == "echo" and r["latency_ms"]["n"])
     n = max(1, len(mixes))
     n_cols = min(n, 3)
@@ -676,14 +677,15 @@ def render_plot(report: dict, path: Path) -> str | None:
         rows = sorted((r["offered_rps"], r["latency_ms"]) for r in steps if r["mix"] == mix and r["latency_ms"]["n"])
         for key, style, color in styles:
             ax.plot([x for x, _ in rows], [lat[key] for _, lat in rows], style, color=color, label=key)
-        if mix != "echo":
+        if mix != "echo" and rows:
+            near = [(x, lat) for x, lat in echo if x <= rows[-1][0]]  # the echo floor over this mix's rates
             for key, color in (("p50", "tab:blue"), ("p99", "tab:orange")):
-                ax.plot([x for x, _ in echo], [lat[key] for _, lat in echo], "--", color=color, alpha=0.6,
+                ax.plot([x for x, _ in near], [lat[key] for _, lat in near], "--", color=color, alpha=0.6,
                         label=f"echo {key}")
         ax.set_yscale("log")
+        ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
         ax.yaxis.set_major_formatter(plain)
-        ax.yaxis.set_minor_formatter(plain)
-        ax.tick_params(axis="y", which="minor", labelsize=7)
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(mix)
         ax.set_xlabel("offered load (requests/s)")
         ax.set_ylabel("latency from scheduled send (ms)")
