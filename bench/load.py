@@ -471,7 +471,8 @@ class ServerMonitor:
         self.pids = process_tree(self.pids)
         self._stop = threading.Event()
         self.rss_start = self.rss_max = rss_mb_total(self.pids)
-        self.cpu_start, self.t_start = cpu_seconds(self.pids), time.perf_counter()
+        self.cpu_start = {p: cpu_seconds([p]) for p in self.pids}
+        self.t_start = time.perf_counter()
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -483,13 +484,15 @@ class ServerMonitor:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        wall = time.perf_counter() - self.t_start
+        self.wall = wall = time.perf_counter() - self.t_start
         self.rss_end = rss_mb_total(self.pids)
         self.rss_max = max(self.rss_max, self.rss_end)
-        self.cpu = (cpu_seconds(self.pids) - self.cpu_start) / wall
+        self.cpu_by_pid = {p: (cpu_seconds([p]) - c) / wall for p, c in self.cpu_start.items()}
+        self.cpu = sum(self.cpu_by_pid.values())
 
     def report(self) -> dict:
-        return {"server_cpu_cores": self.cpu, "server_rss_mb": {"start": self.rss_start, "end": self.rss_end,
+        return {"server_cpu_cores": self.cpu, "server_cpu_cores_by_pid": {str(p): c for p, c in self.cpu_by_pid.items()},
+                "server_rss_mb": {"start": self.rss_start, "end": self.rss_end,
                                                                 "max": self.rss_max},
                 "server_pids": self.pids}
 
@@ -516,6 +519,8 @@ async def run_step(client: LoadClient, rates: dict[str, float], duration_s: floa
     rows = {}
     for (m, r), res in zip(rates.items(), results):
         rows[m] = {"mix": m, **summarize(res, r), **mon.report(), "client_cpu_cores": client_cpu,
+                   # Comparable across mixes only for single-mix steps (the CPU is the server's total).
+                   "server_cpu_ms_per_request": 1e3 * mon.cpu * mon.wall / sum(len(x.status) for x in results),
                    "concurrent_mixes": sorted(rates),
                    "loadavg_1m": {"start": load_start, "end": os.getloadavg()[0]}}
         if m == "feedback" and setup:
@@ -705,8 +710,8 @@ def render_plot(report: dict, path: Path) -> str | None:
 def format_table(report: dict) -> str:
     """Markdown table of the sweep (and soak) rows."""
     lines = ["| mix | offered/s | achieved/s | p50 ms | p95 | p99 | p99.9 | max | p50/echo | p99/echo | errors | "
-             "server CPU | client CPU | RSS MB end | load |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+             "server CPU | CPU ms/req | client CPU | RSS MB end | load |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     rows = list(report["steps"]) + [dict(r, mix=f"soak {r['mix']}") for r in (report.get("soak") or {}).get("rows", [])]
     for r in rows:
         lat, ratio = r["latency_ms"], r.get("ratio_to_echo") or {}
@@ -717,7 +722,8 @@ def format_table(report: dict) -> str:
         errs = ", ".join(f"{k} {v}" for k, v in r["errors"].items()) or "0"
         lines.append(f"| {r['mix']} | {r['offered_rps']:.0f} | {r['achieved_rps']:.1f} | {f(lat['p50'])} | "
                      f"{f(lat['p95'])} | {f(lat['p99'])} | {f(lat['p99.9'])} | {f(lat['max'])} | "
-                     f"{f(ratio.get('p50'))} | {f(ratio.get('p99'))} | {errs} | {r['server_cpu_cores']:.2f} | {r['client_cpu_cores']:.2f} | "
+                     f"{f(ratio.get('p50'))} | {f(ratio.get('p99'))} | {errs} | {r['server_cpu_cores']:.2f} | "
+                     f"{r['server_cpu_ms_per_request']:.2f} | {r['client_cpu_cores']:.2f} | "
                      f"{r['server_rss_mb']['end']:.0f} | {r['loadavg_1m']['end']:.2f} |")
     return "\n".join(lines)
 
