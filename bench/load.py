@@ -697,9 +697,10 @@ def render_plot(report: dict, path: Path) -> str | None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=8)
     info = report.get("server", {})
-    fig.suptitle(f"qac serve {info.get('mode', '')} (processes={info.get('processes', '')}), "
-                 f"{report['config']['duration_s']:g} s per point, load avg {report['machine']['loadavg_1m']:.2f}",
-                 fontsize=10)
+    loads = [r["loadavg_1m"]["end"] for r in steps] or [report["machine"]["loadavg_1m"]]
+    fig.suptitle(f"qac serve --mode {info.get('mode', '?')} --processes {info.get('processes', '?')}: open loop, "
+                 f"{report['config']['duration_s']:g} s per point; 1-min load average {min(loads):.1f}-{max(loads):.1f} "
+                 f"on {report['machine']['cpu_count']} CPUs", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
