@@ -74,7 +74,7 @@ import numpy as np
 from bench.common import machine_info
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_LOG = REPO_ROOT.parent / "main" / "runs" / "dev" / "test.tsv.gz"
+DEFAULT_LOG = REPO_ROOT / "runs" / "dev" / "test.tsv.gz"  # the dev test week (README, "Measured results")
 DEFAULT_JUDGMENTS = REPO_ROOT.parent / "shared" / "data" / "homedepot" / "judgments.train.tsv.gz"
 MIX_NAMES = ("echo", "complete", "complete_preview", "search_aol", "search_homedepot", "feedback")
 PERCENTILES = (("p50", 50.0), ("p95", 95.0), ("p99", 99.0), ("p99.9", 99.9))
