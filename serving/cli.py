@@ -159,6 +159,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def cmd_bench_load(args: argparse.Namespace) -> int:
+    from bench.load import main as load_main
+
+    return load_main(args.bench_argv)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qac", description="Session-aware query autocompletion service")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -183,7 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--artifacts", required=True, help="artifact directory from `qac build`")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=50051, help="0 picks a free port")
-    s.add_argument("--max-workers", type=int, default=8)
+    s.add_argument("--max-workers", type=int, default=8,
+                   help="threads answering RPCs (--mode threads) or running health/reflection (asyncio)")
+    s.add_argument("--mode", choices=("threads", "asyncio"), default=None,
+                   help="grpc thread-pool server or grpc.aio server answering on its event loop "
+                        "(default: threads; README 'Load test')")
+    s.add_argument("--processes", type=int, default=1,
+                   help="N > 1: N completion-only processes sharing the port (SO_REUSEPORT)")
+    s.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT (used by --processes)")
+    s.add_argument("--no-search", action="store_true", help="serve completion only, even if search/ exists")
     s.add_argument("--state", help="state directory (SQLite event log + snapshots) for Search/Feedback")
     s.add_argument("--blocklist", help="file of terms (one per line) no completion may contain, on top of the "
                    "artifact's build-time blocklist")
@@ -267,12 +281,21 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--n-requests", type=int, default=12)
     d.add_argument("--rebuild", action="store_true")
     d.set_defaults(func=cmd_demo)
+
+    bn = sub.add_parser("bench", help="benchmarks")
+    bsub = bn.add_subparsers(dest="benchmark", required=True)
+    # Its options belong to bench.load (`qac bench load --help`); they are passed through unparsed.
+    bsub.add_parser("load", add_help=False, help="open-loop gRPC load test against a local server"
+                    ).set_defaults(func=cmd_bench_load)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra and getattr(args, "func", None) is not cmd_bench_load:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.bench_argv = extra
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     try:

@@ -34,6 +34,7 @@ OUT_DIR = Path(PY_PACKAGE_DIR) / "qac" / "v1"
 PROTO_FILES: tuple[tuple[str, bool], ...] = (
     ("qac/v1/qac_service.proto", True),
     ("qac/v1/internal_raw.proto", False),  # lenient byte-level twin, messages only
+    ("qac/v1/echo.proto", True),  # the load test's floor (bench.load)
 )
 # Hand-written package markers that must exist beside the generated code.
 PACKAGE_INITS = (

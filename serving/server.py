@@ -36,12 +36,15 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from serving.search_types import SearchServiceLike
-from serving.servicer import SERVICE_NAME, CompleterLike, QueryServiceServicer, add_to_server
+from serving.aio import AioServer, inline_unary_handlers
+from serving.echo import ECHO_SERVICE_NAME, echo_method_handlers
+from serving.servicer import SERVICE_NAME, CompleterLike, QueryServiceServicer, register_handlers, rpc_method_handlers
 from serving.validation import RequestLimits
 
 logger = logging.getLogger(__name__)
 
 HEALTH_SERVICE_NAMES = ("", SERVICE_NAME)  # "" is the server as a whole
+SERVER_MODES = ("threads", "asyncio")
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,15 @@ class ServerConfig:
     port : int
         TCP port, 0 = pick a free one (the bound port is returned / printed).
     max_workers : int
-        Threads answering RPCs.
+        ``mode="threads"``: threads answering RPCs. ``mode="asyncio"``: threads for the sync
+        health and reflection handlers (the RPCs themselves run on the event loop thread).
+    mode : {"threads", "asyncio"}
+        ``"threads"``: ``grpc.server`` over a thread pool. ``"asyncio"``: ``grpc.aio`` server,
+        RPCs answered on its event loop thread (:mod:`serving.aio`). Chosen by measurement
+        (README, "Load test").
+    reuse_port : bool
+        Set SO_REUSEPORT so several processes can listen on one port (``qac serve --processes``);
+        off by default, so a second server on a busy port fails instead of silently sharing it.
     artifacts : str or Path or None
         Artifact directory the completer (and, from its ``search/`` subdirectory, the search
         service) is loaded from (required by :func:`serve`).
@@ -75,6 +86,8 @@ class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 0
     max_workers: int = 8
+    mode: str = "threads"
+    reuse_port: bool = False
     artifacts: str | Path | None = None
     state_dir: str | Path | None = None
     grace_seconds: float = 5.0
@@ -89,6 +102,8 @@ class ServerConfig:
             raise ValueError(f"port must be an int in 0..65535, got {self.port!r}")
         if isinstance(self.max_workers, bool) or not isinstance(self.max_workers, int) or self.max_workers < 1:
             raise ValueError(f"max_workers must be a positive int, got {self.max_workers!r}")
+        if self.mode not in SERVER_MODES:
+            raise ValueError(f"mode must be one of {', '.join(SERVER_MODES)}, got {self.mode!r}")
         if not self.grace_seconds >= 0:
             raise ValueError(f"grace_seconds must be >= 0, got {self.grace_seconds!r}")
         if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
@@ -199,15 +214,21 @@ def create_server(config: ServerConfig, completer: CompleterLike | None = None,
     options = [
         ("grpc.max_receive_message_length", config.max_receive_message_bytes),
         # Linux SO_REUSEPORT (grpc's default) would let a second server silently share the port.
-        ("grpc.so_reuseport", 0),
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
     ]
-    grpc_server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="qac-rpc"),
-        options=options,
-        maximum_concurrent_rpcs=config.max_concurrent_rpcs,
-    )
     servicer = QueryServiceServicer(None, config.limits)
-    add_to_server(servicer, grpc_server)
+    services = {SERVICE_NAME: rpc_method_handlers(servicer), ECHO_SERVICE_NAME: echo_method_handlers()}
+    if config.mode == "asyncio":
+        grpc_server = AioServer(options, config.max_concurrent_rpcs, migration_workers=config.max_workers)
+        services = {name: inline_unary_handlers(h) for name, h in services.items()}
+    else:
+        grpc_server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="qac-rpc"),
+            options=options,
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+        )
+    for name, handlers in services.items():
+        register_handlers(grpc_server, name, handlers)
 
     health_servicer = health.HealthServicer()
     for name in HEALTH_SERVICE_NAMES:
@@ -215,7 +236,7 @@ def create_server(config: ServerConfig, completer: CompleterLike | None = None,
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, grpc_server)
 
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
+        (SERVICE_NAME, ECHO_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), grpc_server
     )
 
     address = format_address(config.host, config.port)
@@ -392,7 +413,9 @@ def search_loader_for(artifacts: str | Path | None) -> Callable | None:
 
 def main_serve(args: argparse.Namespace) -> int:
     """``qac serve``: args has ``artifacts``, ``host``, ``port``, ``max_workers`` and optionally
-    ``state`` (directory of the search service's online state); returns the exit code.
+    ``state`` (directory of the search service's online state), ``mode`` (``threads`` or
+    ``asyncio``), ``processes`` (> 1: :func:`serving.multiproc.serve_processes`), ``reuse_port``
+    and ``no_search``; returns the exit code.
 
     Search is served only if the artifact directory has a ``search/`` subdirectory.
     Logging is configured by the caller (``serving.cli.main``), as only CLIs configure logging.
@@ -400,11 +423,18 @@ def main_serve(args: argparse.Namespace) -> int:
     state_dir = getattr(args, "state", None)
     try:
         config = ServerConfig(host=args.host, port=args.port, max_workers=args.max_workers,
+                              mode=getattr(args, "mode", None) or ServerConfig.mode,
+                              reuse_port=bool(getattr(args, "reuse_port", False)),
                               artifacts=args.artifacts, state_dir=state_dir)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    search_loader = search_loader_for(config.artifacts)
+    n_processes = getattr(args, "processes", 1) or 1
+    if n_processes != 1:
+        from serving.multiproc import serve_processes  # noqa: PLC0415 - only this mode needs it
+
+        return serve_processes(config, n_processes)
+    search_loader = None if getattr(args, "no_search", False) else search_loader_for(config.artifacts)
     if search_loader is None:
         logger.info("no search/ in %s: serving completion only", config.artifacts)
         if state_dir is not None:

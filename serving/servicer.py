@@ -307,9 +307,14 @@ def rpc_method_handlers(servicer: QueryServiceServicer) -> dict[str, grpc.RpcMet
     }
 
 
+def register_handlers(server: Any, service_name: str, handlers: dict[str, grpc.RpcMethodHandler]) -> None:
+    """Register ``handlers`` (method name -> handler) of ``service_name`` on a grpc or grpc.aio server,
+    exactly as generated ``add_..._to_server`` functions do."""
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service_name, handlers),))
+    # Registered handlers skip grpc's per-call generic lookup (what generated code does, too).
+    server.add_registered_method_handlers(service_name, handlers)
+
+
 def add_to_server(servicer: QueryServiceServicer, server: grpc.Server) -> None:
     """Register ``servicer`` on ``server`` (drop-in for the generated ``add_..._to_server``)."""
-    handlers = rpc_method_handlers(servicer)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
-    # Registered handlers skip grpc's per-call generic lookup (what generated code does, too).
-    server.add_registered_method_handlers(SERVICE_NAME, handlers)
+    register_handlers(server, SERVICE_NAME, rpc_method_handlers(servicer))

@@ -36,3 +36,19 @@ def completion_points(log_path: Path, since: str, until: str, n: int) -> list:
     points = make_points(split_sessions(log.events, SessionConfig()), seed=0)
     assert len(points) > n, f"only {len(points)} points in {since}..{until}"
     return points[:n]
+
+
+# A slice of the real shared log keeps the build to a few seconds: two weeks to build from, the
+# following day to ask about.
+BUILD_SINCE, BUILD_UNTIL, ASK_UNTIL = "2006-03-01", "2006-03-15", "2006-03-16"
+
+
+@pytest.fixture(scope="session")
+def small_artifacts(tmp_path_factory, aol_log) -> Path:
+    """Completion artifacts built from BUILD_SINCE..BUILD_UNTIL of the shared log, once per test run
+    (shared by the end-to-end tests that start real servers)."""
+    from qac.build import build_completion
+
+    out = tmp_path_factory.mktemp("small-artifacts") / "artifacts"
+    build_completion(aol_log, out, since=BUILD_SINCE, until=BUILD_UNTIL, progress=False)
+    return out

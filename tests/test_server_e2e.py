@@ -13,7 +13,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from tests.conftest import completion_points  # noqa: E402
+from tests.conftest import ASK_UNTIL, BUILD_UNTIL, completion_points  # noqa: E402
 from serving import client  # noqa: E402
 from tests.test_servicer import INVALID_REQUESTS, INVALID_UTF8, valid_request  # noqa: E402
 from serving.pb.qac.v1 import internal_raw_pb2, qac_service_pb2, qac_service_pb2_grpc  # noqa: E402
@@ -21,19 +21,17 @@ from serving.pb.qac.v1 import internal_raw_pb2, qac_service_pb2, qac_service_pb2
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 180.0
 SOURCES = {"xr_linear", "mpc", "user_history", "follow_up", "suffix", "typo", "mpc_backoff"}
-# A slice of the real shared log keeps the build to a few seconds: two weeks to build from, the
-# following day to ask about.
-BUILD_SINCE, BUILD_UNTIL, ASK_UNTIL = "2006-03-01", "2006-03-15", "2006-03-16"
 
 
 class ServerProcess:
     """``python -m serving.cli serve`` in its own process, ready once it prints its address."""
 
-    def __init__(self, artifacts: Path, stderr_path: Path):
+    def __init__(self, artifacts: Path, stderr_path: Path, extra_args: tuple[str, ...] = ()):
         self.stderr_path = stderr_path
         self._stderr = open(stderr_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "serving.cli", "serve", "--artifacts", str(artifacts), "--port", "0"],
+            [sys.executable, "-m", "serving.cli", "serve", "--artifacts", str(artifacts), "--port", "0",
+             *extra_args],
             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self._stderr, text=True,
         )
         self.lines: queue.Queue[str | None] = queue.Queue()
@@ -71,12 +69,8 @@ class ServerProcess:
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, aol_log) -> Path:
-    from qac.build import build_completion
-
-    out = tmp_path_factory.mktemp("e2e") / "artifacts"
-    build_completion(aol_log, out, since=BUILD_SINCE, until=BUILD_UNTIL, progress=False)
-    return out
+def artifacts(small_artifacts) -> Path:
+    return small_artifacts
 
 
 @pytest.fixture(scope="module")
