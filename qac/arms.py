@@ -76,7 +76,7 @@ class MpcArm:
 
     def count(self, query: str) -> int:
         """Total count of a query (training + online)."""
-        return self.mpc.count(query) + self.online.online_count(GLOBAL_KEY, query)
+        return self.mpc.count_of(query) + self.online.online_count(GLOBAL_KEY, query)
 
     def retrieve(self, prefix: str, context, n: int):
         if not prefix:
@@ -185,7 +185,7 @@ class TypoArm(_ShortPrefixArm):
 
     name = "typo"
 
-    def __init__(self, mpc: MostPopularCompletion, min_exact: int = 10, window: int = 1):
+    def __init__(self, mpc: MostPopularCompletion, min_exact: int = 10, window: int = 0):
         super().__init__(mpc, min_exact)
         self.window = int(window)
 
@@ -210,7 +210,8 @@ class TypoArm(_ShortPrefixArm):
         has = self.mpc.has_prefix
         m = self.matched_length(prefix)
         out: dict[str, None] = {}
-        for i in range(min(m, L - 1), max(0, m - self.window) - 1, -1):
+        start = min(m, L - 1)
+        for i in range(start, max(0, start - self.window) - 1, -1):
             head = prefix[:i]
             rest = prefix[i + 1:]
             v = head + rest  # deletion of prefix[i]

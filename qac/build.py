@@ -173,7 +173,7 @@ def _train_ranker(events, config: BuildConfig, report: BuildReport, progress: bo
     from dataclasses import replace as dc_replace
 
     from qac.completer import Completer
-    from qac.ranking import CompletionPipeline, ranker_training_rows
+    from qac.ranking import ARM_NAMES, CompletionPipeline, ranker_training_rows
     from retrieval.ranker import Ranker, RankerConfig
 
     if not events:
@@ -200,8 +200,8 @@ def _train_ranker(events, config: BuildConfig, report: BuildReport, progress: bo
         comp = Completer.load(head_dir)
         comp.mpc.warmup()
         # The ranker-less pipeline over every arm: training rows only need retrieve + features.
-        pipeline = CompletionPipeline(list(comp.arms.values()), None, comp.arms["mpc"], comp.arms["user_history"],
-                                      comp.arms["follow_up"], config.inference.per_arm)
+        pipeline = CompletionPipeline([comp.arms[name] for name in ARM_NAMES], None, comp.arms["mpc"],
+                                      comp.arms["user_history"], comp.arms["follow_up"], config.inference.per_arm)
         X, y, gp, stats = ranker_training_rows(pipeline, tail_points, comp.observe)
     report.counts.update(ranker_points=stats["n_points"], ranker_groups=stats["n_groups"],
                          ranker_rows=int(len(y)))

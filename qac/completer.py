@@ -147,7 +147,9 @@ class Completer:
             return None
         from qac.ranking import CompletionPipeline
 
-        arms = [a for name, a in self.arms.items() if name not in self.exclude_arms]
+        from qac.ranking import ARM_NAMES
+
+        arms = [self.arms[name] for name in ARM_NAMES if name not in self.exclude_arms]
         return CompletionPipeline(arms, self.ranker, self.arms["mpc"], self.arms["user_history"],
                                   self.arms["follow_up"], self.inference.per_arm)
 
@@ -212,6 +214,8 @@ class Completer:
         self.model.warmup()
         self.mpc.warmup()
         self.mpc.sorted_queries()
+        self.user_history.warmup()
+        self.follow_up.warmup()
         self.suffix.warmup()
         if self.ranker is not None:
             self.ranker.warmup()

@@ -296,6 +296,11 @@ class MostPopularCompletion:
             i = bisect_left(queries, head + chr(ord(c) + 1), i)
         return out
 
+    def count_of(self, query: str) -> int:
+        """:meth:`count` without the argument check (request path; ``query`` must be a str)."""
+        key = self._trie.get(query)
+        return 0 if key is None else -self._neg_counts[key]
+
     def count(self, query: str) -> int:
         """Training frequency of ``query`` (0 if it is not a training query)."""
         if not isinstance(query, str):

@@ -275,7 +275,8 @@ class Pipeline:
             order = np.lexsort((ids, -scores))[:k]
             top = ids[order]
         else:
-            order = sorted(range(len(ids)), key=lambda i: (-scores[i], ids[i]))[:k]
+            neg = (-scores).tolist()
+            order = sorted(range(len(ids)), key=lambda i: (neg[i], ids[i]))[:k]
             top = [ids[i] for i in order]
         return top, scores[order].astype(np.float32), self._proposed(retrieval, top)
 
