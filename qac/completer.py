@@ -298,8 +298,8 @@ class Completer:
             out.append(Completion(text, score, source, _highlight(text, p)))
             if len(out) == k:
                 return out
-        prev = ctx.previous_queries[-1] if ctx.previous_queries else ""
-        return self._cascade(prev, p, k, out, seen)
+        # The XR-Linear arm's candidates were in the union already: fill from MPC, suffixes, back-off.
+        return self._cascade("", p, k, out, seen, model=False)
 
     @staticmethod
     def context(previous_queries: list[str], user_id: str = "", timestamp: int = 0):
@@ -356,8 +356,10 @@ class Completer:
         for store in (self.online, self.user_history, self.follow_up):
             store.reset_online()
 
-    def _cascade(self, prev: str, p: str, k: int, out: list[Completion], seen: set[str]) -> list[Completion]:
-        """XR-Linear, then MPC, suffix completions, MPC back-off (appending to ``out`` up to ``k``)."""
+    def _cascade(self, prev: str, p: str, k: int, out: list[Completion], seen: set[str], *,
+                 model: bool = True) -> list[Completion]:
+        """XR-Linear, then MPC, suffix completions, MPC back-off (appending to ``out`` up to ``k``);
+        arms left out by :meth:`without_arms` are left out here too (back-off always runs)."""
         block = self.blocklist.blocks if self.blocklist else (lambda t: False)
 
         def add(text: str, score: float, source: str) -> bool:
@@ -367,15 +369,16 @@ class Completer:
             out.append(Completion(text, score, source, _highlight(text, p)))
             return len(out) == k
 
-        if p:
+        skip = self.exclude_arms  # an ablation leaves the arm out of the fill too
+        if p and model and SOURCE_MODEL not in skip:
             ids, scores = self.model_candidates(prev, p, max(k, self.inference.n_model_candidates))
             for i, s in zip(ids, scores):
                 if add(self.labels[i], float(s), SOURCE_MODEL):
                     return out
-        for text, count in self.mpc.top_k(p, k) if p else ():
+        for text, count in self.mpc.top_k(p, k) if (p and SOURCE_MPC not in skip) else ():
             if add(text, float(count), SOURCE_MPC):
                 return out
-        if self.inference.suffix_completions and p:
+        if self.inference.suffix_completions and p and SOURCE_SUFFIX not in skip:
             for text, count, _ in self.suffix.complete(p, k - len(out) + 10, seen):
                 if add(text, float(count), SOURCE_SUFFIX):
                     return out
