@@ -72,9 +72,11 @@ class Completion:
     text : str
         The completed (normalised) query.
     score : float
-        Source-specific score: XR-Linear path score in (0, 1] for ``"xr_linear"``; training
-        frequency of the query for ``"mpc"``/``"mpc_backoff"`` and of the suffix for ``"suffix"``.
-        The list order is the ranking.
+        Ranked path: the ranker's score; completions filled in after the ranked ones get the last
+        ranked score minus 1, 2, ... (so scores never increase down the list). Cascade path:
+        source-specific (XR-Linear path score in (0, 1] for ``"xr_linear"``; training frequency of the
+        query for ``"mpc"``/``"mpc_backoff"`` and of the suffix for ``"suffix"``). The list order is
+        the ranking.
     source : str
         The arm that proposed it (the first of ``qac.ranking.ARM_NAMES`` that did): ``"xr_linear"``,
         ``"mpc"``, ``"user_history"``, ``"follow_up"``, ``"suffix"`` (typed words + a popular query
@@ -298,8 +300,14 @@ class Completer:
             out.append(Completion(text, score, source, _highlight(text, p)))
             if len(out) == k:
                 return out
-        # The XR-Linear arm's candidates were in the union already: fill from MPC, suffixes, back-off.
-        return self._cascade("", p, k, out, seen, model=False)
+        # The XR-Linear arm's candidates were in the union already: fill from MPC, suffixes, back-off,
+        # scored below the ranked ones so that the scores keep the list's order.
+        n_ranked = len(out)
+        out = self._cascade("", p, k, out, seen, model=False)
+        floor = out[n_ranked - 1].score if n_ranked else 0.0
+        for i in range(n_ranked, len(out)):
+            out[i] = replace(out[i], score=floor - (i - n_ranked + 1))
+        return out
 
     @staticmethod
     def context(previous_queries: list[str], user_id: str = "", timestamp: int = 0):

@@ -55,6 +55,7 @@ def test_ranked_answers_are_distinct_unblocked_and_highlighted(comp, points):
         out = comp.complete([p.prev_query], p.prefix, 10, user_id=p.user_id, timestamp=p.timestamp)
         texts = [c.text for c in out]
         assert 1 <= len(out) <= 10 and len(set(texts)) == len(texts)
+        assert all(a.score >= b.score for a, b in zip(out, out[1:]))  # scores follow the ranking
         assert not any(Blocklist(BLOCKED).blocks(t) for t in texts)
         norm = normalize_prefix(p.prefix)
         for c in out:
