@@ -287,7 +287,8 @@ class Completer:
             return self._cascade(prev, p, k, [], set())
         ctx = self.context(previous_queries, user_id, timestamp)
         r = self.pipeline.retrieve(p, ctx, self.pipeline.budget, self._rng)
-        ids, scores, proposed = self.pipeline.rank(r, len(r.union_ids))
+        # Only a blocklist can drop ranked completions: otherwise the top k is all that is needed.
+        ids, scores, proposed = self.pipeline.rank(r, len(r.union_ids) if self.blocklist else k)
         names = self.pipeline.arm_names
         out: list[Completion] = []
         seen: set[str] = set()
