@@ -26,6 +26,27 @@ GLOBAL_KEY = ""
 SECONDS_PER_DAY = 86400.0
 
 
+class _LastCall:
+    """Per-thread memo of the last call: ``get(key, compute)`` returns ``compute()``, or the value of
+    the previous call in this thread when its key was equal. One request of the ranked path asks some
+    questions twice (an arm's lookup again for the ranker's features; the typo and back-off arms the
+    same short-prefix check); keys must change whenever the answer can."""
+
+    def __init__(self):
+        self._local = threading.local()
+
+    def get(self, key, compute):
+        last = getattr(self._local, "last", None)
+        if last is not None and last[0] == key:
+            return last[1]
+        value = compute()
+        self._local.last = (key, value)
+        return value
+
+
+_SHORT_PREFIX = _LastCall()
+
+
 def _top(cands: dict[str, float], n: int) -> tuple[list[str], list[float]]:
     """Top ``n`` of ``{text: score}`` by score descending, ties by text."""
     if len(cands) > n:
@@ -99,15 +120,17 @@ class KeyedHistoryArm:
 
     def __init__(self, store: KeyedQueryCounts):
         self.store = store
+        self._last = _LastCall()
 
     def key(self, context) -> str | None:
         raise NotImplementedError
 
     def entries(self, prefix: str, context) -> dict[str, tuple[int, int]]:
+        """``store.lookup(key, prefix)`` (memoised per thread until the store changes; do not mutate)."""
         key = self.key(context)
         if not key or not prefix:
             return {}
-        return self.store.lookup(key, prefix)
+        return self._last.get((self.store.version, key, prefix), lambda: self.store.lookup(key, prefix))
 
     def retrieve(self, prefix: str, context, n: int):
         found = self.entries(prefix, context)
@@ -154,8 +177,6 @@ class SuffixArm:
 class _ShortPrefixArm:
     """An arm used only when the exact prefix has fewer than ``min_exact`` MPC completions."""
 
-    _memo = threading.local()  # (mpc id, min_exact, prefix) -> answer of the last call in this thread
-
     def __init__(self, mpc: MostPopularCompletion, min_exact: int):
         self.mpc = mpc
         self.min_exact = int(min_exact)
@@ -163,13 +184,8 @@ class _ShortPrefixArm:
     def needed(self, prefix: str) -> bool:
         if not prefix:
             return False
-        key = (id(self.mpc), self.min_exact, prefix)
-        last = getattr(self._memo, "last", None)
-        if last is not None and last[0] == key:
-            return last[1]
-        answer = len(self.mpc.top_k(prefix, self.min_exact)) < self.min_exact
-        self._memo.last = (key, answer)
-        return answer
+        return _SHORT_PREFIX.get((id(self.mpc), self.min_exact, prefix),
+                                 lambda: len(self.mpc.top_k(prefix, self.min_exact)) < self.min_exact)
 
 
 class TypoArm(_ShortPrefixArm):

@@ -58,6 +58,7 @@ class KeyedQueryCounts:
         self._online: dict[str, dict[str, list[int]]] = {}
         self._online_sorted: dict[str, list[str]] = {}
         self._lock = threading.Lock()
+        self.version = 0  # bumped by every online change (lets callers memoise lookups)
 
     # -- build / persistence -----------------------------------------------------------------------
     @classmethod
@@ -199,6 +200,7 @@ class KeyedQueryCounts:
     def observe(self, key: str, query: str, timestamp: int, count: int = 1) -> None:
         """Add ``count`` occurrences of ``query`` under ``key`` at ``timestamp`` (Unix seconds)."""
         with self._lock:
+            self.version += 1
             online = self._online.get(key)
             if online is None:
                 online = self._online[key] = {}
@@ -240,11 +242,13 @@ class KeyedQueryCounts:
         for k, q, c, t in zip(keys, queries, counts, last):
             online.setdefault(k, {})[q] = [int(c), int(t)]
         with self._lock:
+            self.version += 1
             self._online = online
             self._online_sorted = {k: sorted(v) for k, v in online.items()}
 
     def reset_online(self) -> None:
         """Drop every online update (back to the built state)."""
         with self._lock:
+            self.version += 1
             self._online = {}
             self._online_sorted = {}

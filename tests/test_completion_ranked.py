@@ -89,16 +89,27 @@ def test_feedback_is_visible_on_the_next_call_and_survives_a_snapshot(artifacts,
         [c.text for c in after]
 
 
-def test_features_are_the_training_features(comp, points):
-    """One code path: the rows the ranker scores at serving time are ``features`` of the retrieval."""
-    p = points[0]
+def test_serving_features_are_the_training_rows(comp, points):
+    """One code path: the rows ``ranker_training_rows`` builds for a point equal the rows the ranked
+    path scores for the same request, and ``rank`` orders the union by the ranker's score of them."""
+    from qac.ranking import ranker_training_rows
+
+    p = next(q for q in points if q.prev_query)
+    observed = []
+    X_train, y, gp, stats = ranker_training_rows(comp.pipeline, [p], lambda *a: observed.append(a))
+    assert observed == [(p.user_id, p.prev_query, p.next_query, p.timestamp)]
     ctx = comp.context([p.prev_query], p.user_id, p.timestamp)
     r = comp.pipeline.retrieve(normalize_prefix(p.prefix), ctx, comp.pipeline.budget, np.random.default_rng(0))
     X = comp.pipeline.features(r, r.union_ids)
     assert X.shape == (len(r.union_ids), len(FEATURE_NAMES)) and X.dtype == np.float32
+    if stats["n_groups"]:  # the issued query was in the union: the training group is this request's rows
+        assert np.array_equal(X_train, X) and y.sum() == 1.0 and gp.tolist() == [0, len(X)]
+    else:
+        assert X_train.shape == (0, len(FEATURE_NAMES)) and p.next_query not in r.union_ids
     ids, scores, _ = comp.pipeline.rank(r, len(r.union_ids))
     want = comp.ranker.score(X)
-    assert sorted(scores.tolist(), reverse=True) == pytest.approx(sorted(want.tolist(), reverse=True))
+    assert scores.tolist() == sorted(want.tolist(), reverse=True)
+    assert ids == [r.union_ids[i] for i in sorted(range(len(want)), key=lambda i: (-want[i], r.union_ids[i]))]
 
 
 def test_evaluate_online_replays_in_time_order_and_reports_every_arm(artifacts, aol_log, comp):
