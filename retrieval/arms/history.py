@@ -28,8 +28,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 
 from qac.text import normalize_query
-from retrieval.arms.base import Arm, Context, check_n, check_query, empty_result
-from retrieval.arms.memory import SECONDS_PER_DAY, DecayedPostings, _is_num, _prefixed, top_n
+from retrieval.arms.base import Context, check_n, check_query, empty_result
+from retrieval.arms.memory import SECONDS_PER_DAY, DecayedPostings, OnlineClickArm, _is_num, _prefixed, top_n
 
 __all__ = ["HistoryConfig", "UserHistoryArm", "build_history_arm"]
 
@@ -67,7 +67,7 @@ def _word_keys(user_id: str, query: str) -> list[str]:
     return [user_id + _SEP + w for w in dict.fromkeys(query.split())]
 
 
-class UserHistoryArm(Arm):
+class UserHistoryArm(OnlineClickArm):
     """The user's own clicked items (module docstring). Build with :func:`build_history_arm`.
 
     Attributes
@@ -84,19 +84,9 @@ class UserHistoryArm(Arm):
     def __init__(self, config: HistoryConfig, n_items: int, users: DecayedPostings, words: DecayedPostings,
                  clock: int) -> None:
         self.config = config
-        self._n_items = int(n_items)
+        self._init_clock(n_items, clock)
         self.users = users
         self.words = words
-        self._built_clock = int(clock)
-        self.clock = int(clock)
-
-    @property
-    def n_items(self) -> int:
-        return self._n_items
-
-    def _time(self, context: Context) -> int:
-        t = int(context.timestamp)
-        return t if t != 0 else self.clock
 
     def retrieve(self, query: str, context: Context, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` of ``context.user_id``'s clicked items (see the module docstring).
@@ -146,10 +136,7 @@ class UserHistoryArm(Arm):
             ``query`` not a str, item id out of range, negative or non-finite weight.
         """
         query = normalize_query(check_query(query))
-        if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)) or not 0 <= item_id < self._n_items:
-            raise ValueError(f"item_id must be an int in [0, {self._n_items}), got {item_id!r}")
-        if not _is_num(weight) or weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        self._check_click(item_id, weight)
         user = context.user_id
         if not user:
             return
@@ -158,14 +145,13 @@ class UserHistoryArm(Arm):
         self.users.add(user, item, weight, t)
         for key in _word_keys(user, query):
             self.words.add(key, item, weight, t)
-        if t > self.clock:
-            self.clock = t
+        self._advance(t)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Online part only: ``user_*`` and ``word_*`` deltas (:class:`DecayedPostings`) and ``clock``."""
         out = {f"user_{k}": v for k, v in self.users.state_arrays().items()}
         out.update({f"word_{k}": v for k, v in self.words.state_arrays().items()})
-        out["clock"] = np.array([self.clock], dtype=np.int64)
+        out.update(self._clock_state())
         return out
 
     def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -176,13 +162,7 @@ class UserHistoryArm(Arm):
         ValueError
             Missing or inconsistent arrays, or an item id out of range.
         """
-        clock = arrays.get("clock")
-        if not isinstance(clock, np.ndarray) or clock.dtype != np.int64 or clock.shape != (1,):
-            raise ValueError("state: clock must be an int64 array of shape (1,)")
-        for prefix in ("user_", "word_"):
-            items = arrays.get(prefix + "post_items")
-            if isinstance(items, np.ndarray) and items.size and (items.min() < 0 or items.max() >= self._n_items):
-                raise ValueError(f"state: {prefix}post_items must lie in [0, {self._n_items})")
+        clock = self._checked_state(arrays, ("user_", "word_"))
         users_state, words_state = _prefixed(arrays, "user_"), _prefixed(arrays, "word_")
         # Validate both before replacing either, so a bad snapshot leaves the arm unchanged.
         for name, sub in (("user", users_state), ("word", words_state)):
@@ -191,7 +171,7 @@ class UserHistoryArm(Arm):
                 raise ValueError(f"state: missing {name}_ arrays {missing}")
         self.users.load_state(users_state)
         self.words.load_state(words_state)
-        self.clock = int(clock[0])
+        self.clock = clock
 
     def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
         """``(params, arrays)`` of the offline part: ``user_*`` and ``word_*`` postings."""

@@ -423,7 +423,50 @@ class _PredictedIndex:
 # ---------------------------------------------------------------------------------------------
 
 
-class MemoryArm(Arm):
+class OnlineClickArm(Arm):
+    """What the arms that learn clicks online over :class:`DecayedPostings` share (memory index, user
+    history): the catalogue size, a clock that observed clicks advance (the evaluation time when a
+    request has no timestamp), the click checks, and the clock in snapshots."""
+
+    def _init_clock(self, n_items: int, clock: int) -> None:
+        self._n_items = int(n_items)
+        self._built_clock = int(clock)
+        self.clock = int(clock)
+
+    @property
+    def n_items(self) -> int:
+        return self._n_items
+
+    def _time(self, context: Context) -> int:
+        t = int(context.timestamp)
+        return t if t != 0 else self.clock
+
+    def _check_click(self, item_id, weight) -> None:
+        if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)) or not 0 <= item_id < self._n_items:
+            raise ValueError(f"item_id must be an int in [0, {self._n_items}), got {item_id!r}")
+        if not _is_num(weight) or weight < 0:
+            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+
+    def _advance(self, t: int) -> None:
+        if t > self.clock:
+            self.clock = t
+
+    def _clock_state(self) -> dict[str, np.ndarray]:
+        return {"clock": np.array([self.clock], dtype=np.int64)}
+
+    def _checked_state(self, arrays: Mapping[str, np.ndarray], prefixes: Sequence[str]) -> int:
+        """Validate a snapshot's clock and the item ids of its ``<prefix>post_items``; return the clock."""
+        clock = arrays.get("clock")
+        if not isinstance(clock, np.ndarray) or clock.dtype != np.int64 or clock.shape != (1,):
+            raise ValueError("state: clock must be an int64 array of shape (1,)")
+        for prefix in prefixes:
+            items = arrays.get(prefix + "post_items")
+            if isinstance(items, np.ndarray) and items.size and (items.min() < 0 or items.max() >= self._n_items):
+                raise ValueError(f"state: {prefix}post_items must lie in [0, {self._n_items})")
+        return int(clock[0])
+
+
+class MemoryArm(OnlineClickArm):
     """Memory index arm (module docstring): observed decayed click counts override predicted scores.
 
     Build with :func:`build_memory_arm`; load with :meth:`from_arrays`.
@@ -443,21 +486,11 @@ class MemoryArm(Arm):
     def __init__(self, config: MemoryConfig, n_items: int, clicks: DecayedPostings,
                  predicted: _PredictedIndex, clock: int) -> None:
         self.config = config
-        self._n_items = int(n_items)
+        self._init_clock(n_items, clock)
         self.clicks = clicks
         self.predicted = predicted
-        self._built_clock = int(clock)
-        self.clock = int(clock)
-
-    @property
-    def n_items(self) -> int:
-        return self._n_items
 
     # -- request path ---------------------------------------------------------------------
-
-    def _time(self, context: Context) -> int:
-        t = int(context.timestamp)
-        return t if t != 0 else self.clock
 
     def retrieve(self, query: str, context: Context, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items for ``query`` (normalised) at ``context.timestamp`` (0: the arm's clock).
@@ -517,19 +550,15 @@ class MemoryArm(Arm):
         if not normalized:
             raise ValueError(f"query must be a non-empty str, got {query!r}")
         query = normalized
-        if isinstance(item_id, bool) or not isinstance(item_id, (int, np.integer)) or not 0 <= item_id < self.n_items:
-            raise ValueError(f"item_id must be an int in [0, {self.n_items}), got {item_id!r}")
-        if not _is_num(weight) or weight < 0:
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        self._check_click(item_id, weight)
         t = self._time(context)
         self.clicks.add(query, int(item_id), float(weight), t)
-        if t > self.clock:
-            self.clock = t
+        self._advance(t)
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """Online part only: ``online_*`` postings (see :class:`DecayedPostings`) and ``clock``."""
         out = {f"online_{k}": v for k, v in self.clicks.state_arrays().items()}
-        out["clock"] = np.array([self.clock], dtype=np.int64)
+        out.update(self._clock_state())
         return out
 
     def load_state(self, arrays: Mapping[str, np.ndarray]) -> None:
@@ -540,15 +569,9 @@ class MemoryArm(Arm):
         ValueError
             Missing or inconsistent arrays, or an item id out of range.
         """
-        clock = arrays.get("clock")
-        if not isinstance(clock, np.ndarray) or clock.dtype != np.int64 or clock.shape != (1,):
-            raise ValueError("state: clock must be an int64 array of shape (1,)")
-        sub = _prefixed(arrays, "online_")
-        items = sub.get("post_items")
-        if isinstance(items, np.ndarray) and items.size and (items.min() < 0 or items.max() >= self.n_items):
-            raise ValueError(f"state: online_post_items must lie in [0, {self.n_items})")
-        self.clicks.load_state(sub)
-        self.clock = int(clock[0])
+        clock = self._checked_state(arrays, ("online_",))
+        self.clicks.load_state(_prefixed(arrays, "online_"))
+        self.clock = clock
 
     # -- persistence ----------------------------------------------------------------------
 
