@@ -44,6 +44,7 @@ from qac.mpc import MostPopularCompletion
 from qac.suffix import SuffixCompletion
 from qac.text import normalize_prefix, normalize_query
 from qac.xmr.model import XLinearModel
+from retrieval.arms.base import Context
 
 ARTIFACT_KIND = "completion"
 MAX_K = 100
@@ -311,10 +312,8 @@ class Completer:
         return out
 
     @staticmethod
-    def context(previous_queries: list[str], user_id: str = "", timestamp: int = 0):
+    def context(previous_queries: list[str], user_id: str = "", timestamp: int = 0) -> Context:
         """The arms' request context: normalised previous queries (empty ones dropped)."""
-        from retrieval.arms.base import Context
-
         prevs = tuple(q for q in map(normalize_query, previous_queries) if q)
         return Context(user_id=user_id, previous_queries=prevs, timestamp=int(timestamp),
                        session_position=len(prevs))

@@ -51,12 +51,11 @@ class CompletionPipeline(Pipeline):
 
     def __init__(self, arms, ranker, mpc_arm, user_arm, follow_arm, per_arm: int = 10):
         n = len(arms)
-        self.per_arm = int(per_arm)
-        # The uniform menu action (n >= 4), or the single arm's action: every arm gets per_arm.
-        menu = allocation_menu(n, self.per_arm * n)
-        action = n - 1 if n == 1 else len(menu) - 1
-        if n < 4 and n > 1:
+        if 1 < n < 4:
             raise ValueError("arms: a completion pipeline needs 1 or at least 4 arms")
+        self.per_arm = int(per_arm)
+        # Every arm gets per_arm: the uniform menu action (the last one, n >= 4), or the single arm's.
+        action = 0 if n == 1 else len(allocation_menu(n, self.per_arm * n)) - 1
         super().__init__(arms, FixedPolicy(n, 1, 1, action=action), ranker)
         self.mpc_arm = mpc_arm
         self.user_arm = user_arm
@@ -148,7 +147,7 @@ class CompletionPipeline(Pipeline):
         return np.array(rows, dtype=np.float32)
 
 
-def ranker_training_rows(pipeline: CompletionPipeline, points, observe, *, max_groups: int | None = None):
+def ranker_training_rows(pipeline: CompletionPipeline, points, observe):
     """Feature rows of completion points replayed in time order, with online feedback after each.
 
     Parameters
@@ -157,8 +156,6 @@ def ranker_training_rows(pipeline: CompletionPipeline, points, observe, *, max_g
     points : sequence of qac.logs.CompletionPoint
     observe : callable ``(user_id, prev_query, query, timestamp) -> None``
         Online feedback after each point (the issued query), as the serving process applies it.
-    max_groups : int, optional
-        Stop after this many groups with a positive.
 
     Returns
     -------
@@ -185,8 +182,6 @@ def ranker_training_rows(pipeline: CompletionPipeline, points, observe, *, max_g
             ys.append(y)
             sizes.append(len(ids))
         observe(p.user_id, p.prev_query, p.next_query, int(p.timestamp))
-        if max_groups is not None and len(sizes) >= max_groups:
-            break
     gp = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(sizes, out=gp[1:])
     X = np.concatenate(Xs) if Xs else np.zeros((0, len(FEATURE_NAMES)), np.float32)
