@@ -112,11 +112,6 @@ def _unix_seconds(message: Any, field: str) -> int:
     return int(time.time())
 
 
-def _highlight(completion: Any) -> tuple[int, int]:
-    """``completion.highlight`` if the completer gives one, else no highlight."""
-    return tuple(getattr(completion, "highlight", (0, 0)))
-
-
 def _search_context(session: qac_service_pb2.Session) -> SearchContext:
     return SearchContext(
         session_id=session.session_id,
@@ -189,11 +184,11 @@ class QueryServiceServicer:
             search_context = _search_context(request.session)
             results = completer.complete(previous_queries, prefix, k, user_id=search_context.user_id,
                                          timestamp=search_context.timestamp)
-            completions = [
-                qac_service_pb2.Completion(text=c.text, score=float(c.score), source=c.source,
-                                           highlight_start=_highlight(c)[0], highlight_end=_highlight(c)[1])
-                for c in results
-            ]
+            completions = []
+            for c in results:
+                start, end = getattr(c, "highlight", (0, 0))
+                completions.append(qac_service_pb2.Completion(text=c.text, score=float(c.score), source=c.source,
+                                                              highlight_start=start, highlight_end=end))
             decision_id = ""
             if search_service is not None:
                 if request.preview_k > 0:

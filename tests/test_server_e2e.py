@@ -131,6 +131,7 @@ def test_prefix_only_completion_and_model_version(server):
         )
     texts = [c.text for c in response.completions]
     assert len(texts) == 3 and all(t.startswith("weather ") for t in texts)
+    assert [(c.highlight_start, c.highlight_end) for c in response.completions] == [(0, len("weather "))] * 3
     assert response.model_version
 
 
