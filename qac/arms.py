@@ -44,8 +44,6 @@ class _LastCall:
         return value
 
 
-_SHORT_PREFIX = _LastCall()
-
 
 def _top(cands: dict[str, float], n: int) -> tuple[list[str], list[float]]:
     """Top ``n`` of ``{text: score}`` by score descending, ties by text."""
@@ -182,10 +180,7 @@ class _ShortPrefixArm:
         self.min_exact = int(min_exact)
 
     def needed(self, prefix: str) -> bool:
-        if not prefix:
-            return False
-        return _SHORT_PREFIX.get((id(self.mpc), self.min_exact, prefix),
-                                 lambda: len(self.mpc.top_k(prefix, self.min_exact)) < self.min_exact)
+        return bool(prefix) and not self.mpc.has_at_least(prefix, self.min_exact)
 
 
 class TypoArm(_ShortPrefixArm):
@@ -195,27 +190,30 @@ class TypoArm(_ShortPrefixArm):
     matching any training query (a typo cannot come after that point, and is nearly always just
     before it); substitutions and insertions use only the characters that actually follow the
     unedited head in training queries (``MostPopularCompletion.next_chars``). Score = MPC count of
-    the completion (each variant's top ``n``). Candidates that start with the typed prefix itself are
-    left to the exact arms.
+    the completion. Candidates that start with the typed prefix itself are left to the exact arms.
+
+    With ``window`` 0 every variant starts with the same unedited head, so the answer is the top
+    ``n`` by count of the head's completions that start with some variant: read from the head's
+    stored top row (one lookup) whenever that row is all of the head's completions or already holds
+    ``n`` of them (then exact). Otherwise (and for ``window`` > 0) the variants are read one by one,
+    at most ``max_expansions`` of them, those with the most training completions first
+    (Elasticsearch's fuzzy ``max_expansions`` bound): each variant's top ``n``, merged by count.
     """
 
     name = "typo"
 
-    def __init__(self, mpc: MostPopularCompletion, min_exact: int = 10, window: int = 0):
+    def __init__(self, mpc: MostPopularCompletion, min_exact: int = 10, window: int = 0,
+                 max_expansions: int = 8):
         super().__init__(mpc, min_exact)
         self.window = int(window)
+        self.max_expansions = int(max_expansions)
 
     def matched_length(self, prefix: str) -> int:
         """Length of the longest leading part of ``prefix`` that some training query starts with."""
-        has = self.mpc.has_prefix
-        lo, hi = 0, len(prefix)
-        while lo < hi:  # validity is monotone in the length
-            mid = (lo + hi + 1) // 2
-            if has(prefix[:mid]):
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
+        return self.mpc.matched_length(prefix)
+
+    def _edit_position(self, prefix: str) -> int:
+        return min(self.matched_length(prefix), len(prefix) - 1)
 
     def variants(self, prefix: str) -> list[str]:
         """Distinct edit-distance-1 variants of ``prefix`` (prefixes of 3+ characters) that some
@@ -224,9 +222,8 @@ class TypoArm(_ShortPrefixArm):
         if L < 3:
             return []
         has = self.mpc.has_prefix
-        m = self.matched_length(prefix)
         out: dict[str, None] = {}
-        start = min(m, L - 1)
+        start = self._edit_position(prefix)
         for i in range(start, max(0, start - self.window) - 1, -1):
             head = prefix[:i]
             rest = prefix[i + 1:]
@@ -239,8 +236,8 @@ class TypoArm(_ShortPrefixArm):
                     out.setdefault(v, None)
             for c in self.mpc.next_chars(head):
                 if c != prefix[i]:
-                    v = head + c + rest  # substitution
-                    if has(v):
+                    v = head + c + rest  # substitution (valid by construction when nothing follows)
+                    if not rest or has(v):
                         out.setdefault(v, None)
                     v = head + c + prefix[i:]  # insertion before prefix[i]
                     if has(v):
@@ -248,12 +245,50 @@ class TypoArm(_ShortPrefixArm):
         out.pop(prefix, None)
         return list(out)
 
+    @staticmethod
+    def one_edit_at(prefix: str, i: int, query: str) -> bool:
+        """Whether ``query`` (which starts with ``prefix[:i]``) starts with a variant of ``prefix``
+        edited at position ``i`` (deletion, transposition, substitution or insertion there)."""
+        s, r = query[i:], prefix[i:]
+        if s.startswith(r[1:]):  # deletion of prefix[i]
+            return bool(i or r[1:])
+        if len(r) > 1 and r[0] != r[1] and s.startswith(r[1] + r[0] + r[2:]):  # transposition
+            return True
+        if not s or s[0] == r[0]:
+            return False
+        tail = s[1:]
+        return tail.startswith(r[1:]) or tail.startswith(r)  # substitution, insertion
+
+    def expansions(self, prefix: str) -> list[str]:
+        """The variants whose completions are read one by one: all of them, or the
+        ``max_expansions`` with the most training completions (ties: nearest the mismatch first)."""
+        found = self.variants(prefix)
+        if len(found) <= self.max_expansions:
+            return found
+        size = self.mpc.n_completions
+        return [v for _, _, v in heapq.nsmallest(
+            self.max_expansions, ((-size(v), j, v) for j, v in enumerate(found)))]
+
     def retrieve(self, prefix: str, context, n: int):
-        if not self.needed(prefix):
+        if len(prefix) < 3 or not self.needed(prefix):
             return [], []
         cands: dict[str, float] = {}
-        for v in self.variants(prefix):
-            for t, c in self.mpc.top_k(v, n):
+        if self.window == 0:
+            i = self._edit_position(prefix)
+            mpc = self.mpc
+            row = mpc.top_k(prefix[:i], mpc.n_stored)
+            one_edit = self.one_edit_at
+            for t, c in row:
+                if not t.startswith(prefix) and one_edit(prefix, i, t):
+                    cands[t] = float(c)
+                    if len(cands) == n:
+                        return list(cands), list(cands.values())  # the row is by count, ties by text
+            if len(row) < mpc.n_stored or not mpc.has_at_least(prefix[:i], mpc.n_stored + 1):
+                return list(cands), list(cands.values())  # the row was every completion of the head
+        for v in self.expansions(prefix):
+            # Only a deletion variant can be completed by the typed prefix's own completions, and
+            # those are fewer than min_exact: reading that many more keeps the merge exact.
+            for t, c in self.mpc.top_k(v, n + self.min_exact if prefix.startswith(v) else n):
                 if not t.startswith(prefix):
                     cands[t] = float(c)
         return _top(cands, n)

@@ -298,7 +298,7 @@ class Completer:
             if block is not None and block(text):
                 continue
             seen.add(text)
-            source = next((n for n, m in zip(names, row) if m), names[0])
+            source = names[row.index(True)] if True in row else names[0]
             out.append(Completion(text, score, source, _highlight(text, p)))
             if len(out) == k:
                 return out
@@ -308,7 +308,8 @@ class Completer:
         out = self._cascade("", p, k, out, seen, model=False)
         floor = out[n_ranked - 1].score if n_ranked else 0.0
         for i in range(n_ranked, len(out)):
-            out[i] = replace(out[i], score=floor - (i - n_ranked + 1))
+            c = out[i]
+            out[i] = Completion(c.text, floor - (i - n_ranked + 1), c.source, c.highlight)
         return out
 
     @staticmethod

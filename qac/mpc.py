@@ -30,6 +30,7 @@ __all__ = ["MostPopularCompletion"]
 
 FORMAT_VERSION = 1
 _MAX_CHAR = 0x10FFFF
+_MAX_CHAR_STR = chr(_MAX_CHAR)
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -274,6 +275,36 @@ class MostPopularCompletion:
         queries = self.sorted_queries()
         i = bisect_left(queries, prefix)
         return i < len(queries) and queries[i].startswith(prefix)
+
+    def has_at_least(self, prefix: str, n: int) -> bool:
+        """Whether at least ``n`` (>= 1) training queries start with ``prefix`` (one binary search)."""
+        queries = self.sorted_queries()
+        j = bisect_left(queries, prefix) + n - 1
+        return j < len(queries) and queries[j].startswith(prefix)
+
+    def n_completions(self, prefix: str) -> int:
+        """How many training queries start with ``prefix`` (two binary searches)."""
+        queries = self.sorted_queries()
+        lo = bisect_left(queries, prefix)
+        return bisect_left(queries, prefix + _MAX_CHAR_STR, lo) - lo
+
+    def matched_length(self, prefix: str) -> int:
+        """Length of the longest leading part of ``prefix`` that some training query starts with.
+
+        In sorted order the queries sharing the longest common prefix with ``prefix`` are next to
+        its insertion point, so one binary search and two common-prefix scans give it."""
+        queries = self.sorted_queries()
+        i = bisect_left(queries, prefix)
+        best = 0
+        for j in (i - 1, i):
+            if 0 <= j < len(queries):
+                q = queries[j]
+                n = min(len(q), len(prefix))
+                m = 0
+                while m < n and q[m] == prefix[m]:
+                    m += 1
+                best = max(best, m)
+        return best
 
     def next_chars(self, head: str) -> list[str]:
         """The distinct characters that follow ``head`` in training queries, in code-point order

@@ -64,6 +64,9 @@ class CompletionPipeline(Pipeline):
         self._ax = np.zeros((n, 1), dtype=np.float32)
         self._cols = [ARM_NAMES.index(a.name) for a in arms]
         self._log = [a.name in _LOG_SCORE for a in arms]
+        # The fixed policy's decision is the same on every call (propensity 1): made once, read-only.
+        self._decision = self.policy.decide(self._x, self._ax, self.budget, np.random.default_rng(0))
+        self._decision.allocation.setflags(write=False)
 
     @property
     def budget(self) -> int:
@@ -77,6 +80,11 @@ class CompletionPipeline(Pipeline):
 
     def arm_x(self, arm_ids: list, arm_scores: list, budget: int) -> np.ndarray:
         return self._ax
+
+    def decide(self, x: np.ndarray, arm_x: np.ndarray, budget: int, rng: np.random.Generator):
+        if budget != self.budget:
+            raise ValueError(f"budget: a completion pipeline decides for {self.budget}, got {budget}")
+        return self._decision
 
     def features(self, retrieval: Retrieval, ids: Sequence[str]) -> np.ndarray:
         """float32 (m, len(FEATURE_NAMES)) for the candidate completions ``ids`` of a retrieval."""
@@ -108,6 +116,7 @@ class CompletionPipeline(Pipeline):
         user_store = self.user_arm.store if user_found is not None else None
         follow_store = self.follow_arm.store if follow_found is not None else None
         count = self.mpc_arm.count
+        overlap = prev_words.__contains__
         p_len = len(prefix)
         p_words = float(len(prefix.split()))
         ends_word = 1.0 if prefix.endswith(" ") else 0.0
@@ -138,7 +147,7 @@ class CompletionPipeline(Pipeline):
                 p_len, p_words, ends_word,
                 len(t) - p_len, len(words),
                 1.0 if starts else 0.0,
-                (sum(1 for w in words if w in prev_words) / len(words)) if (prev_words and words) else 0.0,
+                (sum(map(overlap, words)) / len(words)) if (prev_words and words) else 0.0,
                 1.0 if t == prev else 0.0,
                 1.0 if t in session else 0.0,
                 n_user, fm,

@@ -242,6 +242,10 @@ class Pipeline:
         so the policy can give any arm all of it)."""
         return budget
 
+    def decide(self, x: np.ndarray, arm_x: np.ndarray, budget: int, rng: np.random.Generator):
+        """The policy's decision for one retrieval (default: ``policy.decide``)."""
+        return self.policy.decide(x, arm_x, budget, rng)
+
     # -- the shared flow -------------------------------------------------------------------------
     def hit_rate(self) -> np.ndarray:
         """Running fraction of feedback events whose clicked item was in each arm's list (smoothed)."""
@@ -257,7 +261,7 @@ class Pipeline:
             arm_scores.append(sc)
         x = self.context_x(query, context)
         ax = self.arm_x(arm_ids, arm_scores, budget)
-        decision = self.policy.decide(x, ax, budget, rng)
+        decision = self.decide(x, ax, budget, rng)
         depths = self.union_depths(arm_ids, decision.allocation, budget)
         return Retrieval(query, budget, arm_ids, arm_scores, x, ax, decision, union_of(arm_ids, depths), context,
                          depths)

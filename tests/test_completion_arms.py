@@ -106,6 +106,53 @@ def test_typo_arm_completes_a_misspelt_prefix_and_leaves_exact_ones_alone():
     assert arm.variants("we") == []  # too short to correct
 
 
+def test_typo_arm_reads_only_the_variants_with_the_most_completions():
+    # "cat" has 2 completions (< min_exact), and a dozen variants at its last character.
+    queries = ["cat", "cats"] + [f"ca{c}{i}" for c in "bdefghijklmn" for i in range(ord(c) - ord("a"))]
+    mpc = _mpc(queries)
+    arm = TypoArm(mpc, min_exact=3, max_expansions=3)
+    found = arm.variants("cat")
+    assert set(found) >= {f"ca{c}" for c in "bdefghijklmn"} and len(found) > 3
+    # The three most completed variants: the deletion 'ca' (all queries), then 'can' (13), 'cam' (12).
+    assert arm.expansions("cat") == ["ca", "can", "cam"]
+    texts, _ = arm.retrieve("cat", Context(), 50)
+    brute = {t: float(c) for v in ("ca", "can", "cam") for t, c in mpc.top_k(v, 50) if not t.startswith("cat")}
+    assert texts == sorted(brute, key=lambda t: (-brute[t], t))[:50]
+    assert TypoArm(mpc, min_exact=3, max_expansions=50).expansions("cat") == found
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_typo_arm_equals_brute_force_top_n_of_every_variant_completion(seed):
+    rng = np.random.default_rng(seed)
+    alphabet = np.array(list("abcde "))
+    queries = ["".join(rng.choice(alphabet, size=rng.integers(3, 9))).strip() or "a" for _ in range(600)]
+    # Small stored rows: both the head-row path and the variant-by-variant path run.
+    counts = {}
+    for q in queries:
+        counts[q] = counts.get(q, 0) + 1
+    keys = sorted(counts)
+    mpc = MostPopularCompletion.build(keys, np.array([counts[q] for q in keys], dtype=np.int64),
+                                      n_stored=4, heavy_threshold=6)
+    arm = TypoArm(mpc, min_exact=5, max_expansions=10_000)
+    prefixes = sorted({q[:j] for q in keys for j in range(3, len(q) + 1)} |
+                      {"".join(rng.choice(alphabet, size=5)) for _ in range(100)})
+    n_checked = n_fallback = 0
+    for prefix in prefixes:
+        for n in (3, 10):
+            got = arm.retrieve(prefix, Context(), n)
+            if not arm.needed(prefix):
+                assert got == ([], [])
+                continue
+            vs = arm.variants(prefix)
+            n_fallback += len(vs) > 0 and mpc.has_at_least(prefix[:arm._edit_position(prefix)], 5)
+            want = sorted(((q, float(c)) for q, c in counts.items()
+                           if any(q.startswith(v) for v in vs) and not q.startswith(prefix)),
+                          key=lambda qc: (-qc[1], qc[0]))[:n]
+            assert got == ([q for q, _ in want], [c for _, c in want]), (prefix, n)
+            n_checked += 1
+    assert n_checked > 300 and n_fallback > 50, (n_checked, n_fallback)
+
+
 def test_mpc_arm_adds_online_counts_exactly():
     mpc = _mpc(["news"] * 3 + ["new york"] * 2 + ["newark"])
     online = KeyedQueryCounts.from_dict({})

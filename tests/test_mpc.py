@@ -91,6 +91,20 @@ def test_top_k_matches_brute_force(seed, n, n_stored, heavy_threshold):
         assert n_heavy_seen > 0  # the stored-row path was exercised
 
 
+@pytest.mark.parametrize("seed", [20, 21])
+def test_prefix_counts_and_matched_length_match_brute_force(seed):
+    queries, counts = random_corpus(seed, 500)
+    mpc = MostPopularCompletion.build(queries, counts, n_stored=4, heavy_threshold=8)
+    stored = list(mpc.sorted_queries())
+    for prefix in test_prefixes(queries, seed):
+        n = sum(q.startswith(prefix) for q in stored)
+        assert mpc.n_completions(prefix) == n, prefix
+        for at_least in (1, 2, 7):
+            assert mpc.has_at_least(prefix, at_least) == (n >= at_least), (prefix, at_least)
+        want = max(l for l in range(len(prefix) + 1) if any(q.startswith(prefix[:l]) for q in stored))
+        assert mpc.matched_length(prefix) == want, prefix
+
+
 @pytest.mark.parametrize("seed, n_stored, heavy_threshold", [(5, 4, 8), (6, 32, 64), (7, 2, 3)])
 def test_heavy_prefixes_are_exactly_the_heavy_ones(seed, n_stored, heavy_threshold):
     queries, counts = random_corpus(seed, 600)
