@@ -74,7 +74,10 @@ class XrLinearArm:
         if not prefix:
             return [], []
         prev = context.previous_queries[-1] if context.previous_queries else ""
-        ids, scores = self.completer.model_candidates(prev, prefix, max(n, self.completer.inference.n_model_candidates))
+        inf = self.completer.inference
+        # A prefix-constrained beam returns only labels in range: its top n is all the arm needs.
+        ids, scores = self.completer.model_candidates(
+            prev, prefix, n if inf.prefix_constrained else max(n, inf.n_model_candidates))
         labels = self.completer.labels
         return [labels[i] for i in ids[:n]], scores[:n]
 

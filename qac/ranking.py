@@ -49,7 +49,7 @@ class CompletionPipeline(Pipeline):
         Candidates each arm contributes to the union.
     """
 
-    def __init__(self, arms, ranker, mpc_arm, user_arm, follow_arm, per_arm: int = 10):
+    def __init__(self, arms, ranker, mpc_arm, user_arm, follow_arm, per_arm: int = 8):
         n = len(arms)
         if 1 < n < 4:
             raise ValueError("arms: a completion pipeline needs 1 or at least 4 arms")
