@@ -184,12 +184,13 @@ class QueryServiceServicer:
             search_context = _search_context(request.session)
             results = completer.complete(previous_queries, prefix, k, user_id=search_context.user_id,
                                          timestamp=search_context.timestamp)
-            completions = []
+            # Built in place (repeated-field add): about half the cost of constructing each message.
+            response = qac_service_pb2.CompleteResponse(model_version=str(getattr(completer, "version", "") or ""))
+            add = response.completions.add
             for c in results:
                 start, end = getattr(c, "highlight", (0, 0))
-                completions.append(qac_service_pb2.Completion(text=c.text, score=float(c.score), source=c.source,
-                                                              highlight_start=start, highlight_end=end))
-            decision_id = ""
+                add(text=c.text, score=float(c.score), source=c.source, highlight_start=start, highlight_end=end)
+            completions = response.completions
             if search_service is not None:
                 if request.preview_k > 0:
                     n_previews = request.preview_completions or self.limits.default_preview_completions
@@ -199,13 +200,9 @@ class QueryServiceServicer:
                         completion.preview.extend(_search_items(found.hits))
                         completion.preview_decision_id = found.decision_id
                 # Logged last, so a request that failed above leaves no completion decision behind.
-                decision_id = search_service.record_completion(
+                response.decision_id = search_service.record_completion(
                     search_context, prefix, [c.text for c in completions])
-            return qac_service_pb2.CompleteResponse(
-                completions=completions,
-                model_version=str(getattr(completer, "version", "") or ""),
-                decision_id=decision_id,
-            )
+            return response
         except Exception as exc:
             _abort_for(exc, context, f"Complete (k={k}, prefix of {len(prefix)} chars, "
                                      f"{len(previous_queries)} previous queries, "
