@@ -184,6 +184,11 @@ def test_count_len_contains():
     assert "\U0001f600" not in mpc
     assert 3 not in mpc
     assert mpc.count("\U0001f600") == 0
+    # count_of: the trie before sorted_queries() is built, the query -> count map after; same answers.
+    probes = queries + ["\U0001f600", "", queries[0] + "x"]
+    before = [mpc.count_of(q) for q in probes]
+    assert mpc.sorted_queries() == sorted(queries)
+    assert [mpc.count_of(q) for q in probes] == before == [mpc.count(q) for q in probes]
 
 
 def test_empty_build():
