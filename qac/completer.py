@@ -305,7 +305,11 @@ class Completer:
         # The XR-Linear arm's candidates were in the union already: fill from MPC, suffixes, back-off,
         # scored below the ranked ones so that the scores keep the list's order.
         n_ranked = len(out)
-        out = self._cascade("", p, k, out, seen, model=False)
+        # An arm that returned fewer than per_arm candidates has nothing more: the fill skips it.
+        per_arm = self.pipeline.per_arm
+        exhausted = frozenset(name for name, ids in zip(names, r.arm_ids)
+                              if name in (SOURCE_MPC, SOURCE_SUFFIX) and len(ids) < per_arm)
+        out = self._cascade("", p, k, out, seen, model=False, exhausted=exhausted)
         floor = out[n_ranked - 1].score if n_ranked else 0.0
         for i in range(n_ranked, len(out)):
             c = out[i]
@@ -366,9 +370,10 @@ class Completer:
             store.reset_online()
 
     def _cascade(self, prev: str, p: str, k: int, out: list[Completion], seen: set[str], *,
-                 model: bool = True) -> list[Completion]:
+                 model: bool = True, exhausted: frozenset = frozenset()) -> list[Completion]:
         """XR-Linear, then MPC, suffix completions, MPC back-off (appending to ``out`` up to ``k``);
-        arms left out by :meth:`without_arms` are left out here too (back-off always runs)."""
+        arms left out by :meth:`without_arms` are left out here too (back-off always runs), and so
+        are the sources in ``exhausted`` (every completion they have is in ``seen`` already)."""
         block = self.blocklist.blocks if self.blocklist else (lambda t: False)
 
         def add(text: str, score: float, source: str) -> bool:
@@ -378,7 +383,7 @@ class Completer:
             out.append(Completion(text, score, source, _highlight(text, p)))
             return len(out) == k
 
-        skip = self.exclude_arms  # an ablation leaves the arm out of the fill too
+        skip = (*self.exclude_arms, *exhausted)  # an ablation leaves the arm out of the fill too
         if p and model and SOURCE_MODEL not in skip:
             ids, scores = self.model_candidates(prev, p, max(k, self.inference.n_model_candidates))
             for i, s in zip(ids, scores):
