@@ -462,21 +462,20 @@ class MostPopularCompletion:
         k = _check_int("k", k, 0)
         out: list[tuple[str, int, int]] = []
         seen: set[str] = set()
-        n_longer = 0  # completions of the last prefix read: all of them are in `out` by now
+        n_read = -1  # completions of the last prefix read (fewer than k, all in `out` by now)
         for length in range(len(prefix), -1, -1):
             if len(out) >= k:
                 break
             sub = prefix[:length]
-            if length:
-                # A shorter prefix with no more completions than the longer one has nothing new
-                # (two binary searches instead of reading its top k again).
-                n_sub = self.n_completions(sub)
-                if n_sub == n_longer:
-                    continue
-                n_longer = n_sub
+            # A shorter prefix with no more completions than the last one read has nothing new:
+            # one binary search instead of reading its top k again.
+            if n_read >= 0 and not self.has_at_least(sub, n_read + 1):
+                continue
             # Everything returned so far completes `sub` too, so its top k holds at least
             # k - len(out) new completions whenever `sub` has that many.
-            for query, count in self.top_k(sub, k):
+            top = self.top_k(sub, k)
+            n_read = len(top)
+            for query, count in top:
                 if query not in seen:
                     seen.add(query)
                     out.append((query, count, length))
