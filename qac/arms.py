@@ -252,15 +252,15 @@ class TypoArm(_ShortPrefixArm):
     def one_edit_at(prefix: str, i: int, query: str) -> bool:
         """Whether ``query`` (which starts with ``prefix[:i]``) starts with a variant of ``prefix``
         edited at position ``i`` (deletion, transposition, substitution or insertion there)."""
-        s, r = query[i:], prefix[i:]
-        if s.startswith(r[1:]):  # deletion of prefix[i]
-            return bool(i or r[1:])
-        if len(r) > 1 and r[0] != r[1] and s.startswith(r[1] + r[0] + r[2:]):  # transposition
+        typed, rest = prefix[i], prefix[i + 1:]
+        if query.startswith(rest, i):  # deletion of prefix[i]
+            return bool(i or rest)
+        if rest and typed != rest[0] and query.startswith(rest[0] + typed + rest[1:], i):  # transposition
             return True
-        if not s or s[0] == r[0]:
+        if len(query) <= i or query[i] == typed:
             return False
-        tail = s[1:]
-        return tail.startswith(r[1:]) or tail.startswith(r)  # substitution, insertion
+        # substitution of prefix[i], or insertion before it
+        return query.startswith(rest, i + 1) or query.startswith(prefix[i:], i + 1)
 
     def expansions(self, prefix: str) -> list[str]:
         """The variants whose completions are read one by one: all of them, or the

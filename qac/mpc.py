@@ -30,7 +30,6 @@ __all__ = ["MostPopularCompletion"]
 
 FORMAT_VERSION = 1
 _MAX_CHAR = 0x10FFFF
-_MAX_CHAR_STR = chr(_MAX_CHAR)
 
 
 def _check_int(name: str, value, minimum: int) -> int:
@@ -290,11 +289,18 @@ class MostPopularCompletion:
         j = bisect_left(queries, prefix) + n - 1
         return j < len(queries) and queries[j].startswith(prefix)
 
+    def _block(self, prefix: str) -> tuple[list[str], int, int]:
+        """``(sorted_queries, lo, hi)`` with ``sorted_queries[lo:hi]`` the queries starting with ``prefix``."""
+        queries = self.sorted_queries()
+        if not prefix:
+            return queries, 0, len(queries)
+        lo = bisect_left(queries, prefix)
+        return queries, lo, _block_end(queries, prefix, lo, len(queries))
+
     def n_completions(self, prefix: str) -> int:
         """How many training queries start with ``prefix`` (two binary searches)."""
-        queries = self.sorted_queries()
-        lo = bisect_left(queries, prefix)
-        return bisect_left(queries, prefix + _MAX_CHAR_STR, lo) - lo
+        _, lo, hi = self._block(prefix)
+        return hi - lo
 
     def matched_length(self, prefix: str) -> int:
         """Length of the longest leading part of ``prefix`` that some training query starts with.
@@ -384,6 +390,13 @@ class MostPopularCompletion:
             self._heavy_row(heavy)
 
     def _enumerate(self, prefix: str, k: int) -> list[tuple[str, int]]:
+        count_map = self._count_map
+        if count_map is not None:
+            # After warm-up: the prefix's block of the sorted list (a slice) instead of a marisa
+            # prefix walk (about 3x faster for the light prefixes that come here).
+            queries, lo, hi = self._block(prefix)
+            ranked = sorted(queries[lo:hi], key=lambda q: (-count_map[q], q))
+            return [(q, count_map[q]) for q in ranked[:k]]
         neg = self._neg_counts
         ranked = sorted([(neg[i], q) for q, i in self._trie.items(prefix)])
         return [(q, -c) for c, q in ranked[:k]]

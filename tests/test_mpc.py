@@ -76,9 +76,13 @@ test_prefixes.__test__ = False  # a helper, not a test
     "seed, n, n_stored, heavy_threshold",
     [(0, 400, 4, 8), (1, 1500, 32, 64), (2, 50, 3, 2), (3, 800, 16, 16), (4, 10, 32, 64)],
 )
-def test_top_k_matches_brute_force(seed, n, n_stored, heavy_threshold):
+@pytest.mark.parametrize("warm", [False, True])
+def test_top_k_matches_brute_force(seed, n, n_stored, heavy_threshold, warm):
     queries, counts = random_corpus(seed, n)
     mpc = MostPopularCompletion.build(queries, counts, n_stored=n_stored, heavy_threshold=heavy_threshold)
+    if warm:  # light prefixes then read the sorted list's block instead of walking the trie
+        mpc.warmup()
+        mpc.sorted_queries()
     pairs = rank(list(zip(queries, counts.tolist())))
     n_heavy_seen = 0
     for prefix in test_prefixes(queries, seed):
