@@ -621,10 +621,12 @@ class SpawnedServer:
     """``python -m serving.cli serve`` started by the benchmark on a free loopback port."""
 
     def __init__(self, artifacts: Path, mode: str, max_workers: int, processes: int, state_dir: Path,
-                 log_path: Path, start_timeout_s: float = 300.0):
+                 log_path: Path, start_timeout_s: float = 300.0, switch_interval_ms: float | None = None):
         self.command = [sys.executable, "-m", "serving.cli", "serve", "--artifacts", str(artifacts),
                         "--host", "127.0.0.1", "--port", "0", "--mode", mode, "--max-workers", str(max_workers),
                         "--processes", str(processes), "--state", str(state_dir)]
+        if switch_interval_ms is not None:
+            self.command += ["--switch-interval-ms", str(switch_interval_ms)]
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(self.command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self._log,
                                      text=True)
@@ -762,6 +764,8 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--mode", choices=("threads", "asyncio"), default="threads", help="with --artifacts")
     ap.add_argument("--max-workers", type=int, default=8, help="with --artifacts")
     ap.add_argument("--processes", type=int, default=1, help="with --artifacts (> 1: completion only)")
+    ap.add_argument("--switch-interval-ms", type=float, default=None,
+                    help="with --artifacts: the server's GIL switch interval (qac serve --switch-interval-ms)")
     ap.add_argument("--mix", action="append", default=[], metavar="NAME=RATE[,RATE...]",
                     help=f"a mix and its offered rates in requests/s (repeat); NAME in {', '.join(MIX_NAMES)}")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per step (default 10)")
@@ -810,10 +814,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.artifacts:
             say(f"starting qac serve --mode {args.mode} --processes {args.processes} on {args.artifacts} ...")
             server = SpawnedServer(args.artifacts, args.mode, args.max_workers, args.processes,
-                                   Path(tmp) / "state", Path(tmp) / "serve.log")
+                                   Path(tmp) / "state", Path(tmp) / "serve.log",
+                                   switch_interval_ms=args.switch_interval_ms)
             target, pids = server.target, [server.pid]
             report["server"] = {"command": server.command, "mode": args.mode, "processes": args.processes,
-                                "max_workers": args.max_workers}
+                                "max_workers": args.max_workers, "switch_interval_ms": args.switch_interval_ms}
         else:
             target, pids = args.target, args.server_pid
             report["server"] = {"target": target, "pids": pids}

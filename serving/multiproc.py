@@ -56,7 +56,8 @@ def reserve_port(host: str, port: int) -> socket.socket:
 def _child_command(config: ServerConfig, port: int) -> list[str]:
     return [sys.executable, "-m", "serving.cli", "serve", "--artifacts", str(config.artifacts),
             "--host", config.host, "--port", str(port), "--max-workers", str(config.max_workers),
-            "--mode", config.mode, "--reuse-port", "--no-search"]
+            "--mode", config.mode, "--reuse-port", "--no-search",
+            *(["--switch-interval-ms", str(config.switch_interval_ms)] if config.switch_interval_ms is not None else [])]
 
 
 def serve_processes(config: ServerConfig, n_processes: int, *, out: TextIO | None = None) -> int:

@@ -81,6 +81,10 @@ class ServerConfig:
         Largest request accepted (requests are tiny; the grpc default is 4 MiB).
     limits : RequestLimits
         Per-field request limits.
+    switch_interval_ms : float or None
+        ``sys.setswitchinterval`` for the serving process, in milliseconds: how long a thread that
+        wants the GIL waits before the running one is asked to drop it (Python's default: 5 ms).
+        None = leave the interpreter's default. README, "Load test".
     """
 
     host: str = "127.0.0.1"
@@ -94,8 +98,11 @@ class ServerConfig:
     max_concurrent_rpcs: int | None = None
     max_receive_message_bytes: int = 1 << 20
     limits: RequestLimits = field(default_factory=RequestLimits)
+    switch_interval_ms: float | None = None
 
     def __post_init__(self) -> None:
+        if self.switch_interval_ms is not None and not 0.001 <= self.switch_interval_ms <= 1000:
+            raise ValueError(f"switch_interval_ms must be in 0.001..1000 or None, got {self.switch_interval_ms!r}")
         if not self.host:
             raise ValueError("host must not be empty")
         if isinstance(self.port, bool) or not isinstance(self.port, int) or not 0 <= self.port <= 65535:
@@ -294,6 +301,8 @@ def serve(
         service failed, or if the search service's ``close()`` failed.
     """
     out = sys.stdout if out is None else out
+    if config.switch_interval_ms is not None:
+        sys.setswitchinterval(config.switch_interval_ms / 1000.0)
     stop_requested = threading.Event() if stop_event is None else stop_event
     wake = threading.Event()
     loaded = threading.Event()
@@ -425,7 +434,8 @@ def main_serve(args: argparse.Namespace) -> int:
         config = ServerConfig(host=args.host, port=args.port, max_workers=args.max_workers,
                               mode=getattr(args, "mode", None) or ServerConfig.mode,
                               reuse_port=bool(getattr(args, "reuse_port", False)),
-                              artifacts=args.artifacts, state_dir=state_dir)
+                              artifacts=args.artifacts, state_dir=state_dir,
+                              switch_interval_ms=getattr(args, "switch_interval_ms", None))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -422,6 +422,8 @@ def test_second_server_cannot_share_a_port(start_server):
         ({"max_concurrent_rpcs": 0}, "max_concurrent_rpcs"),
         ({"host": ""}, "host"),
         ({"limits": {"max_k": 5}}, "limits"),
+        ({"switch_interval_ms": 0.0}, "switch_interval_ms"),
+        ({"switch_interval_ms": 5000.0}, "switch_interval_ms"),
     ],
 )
 def test_server_config_rejects_bad_values(kwargs, field):
@@ -481,6 +483,17 @@ def test_serve_loads_prints_ready_line_and_stops():
         runner.join(10)
     assert result["rc"] == 0
     assert seen_artifacts == ["/nowhere"] and fake.n_warmups == 1
+
+
+def test_serve_sets_the_gil_switch_interval():
+    before = sys.getswitchinterval()
+    try:
+        rc = serve(ServerConfig(artifacts="/nowhere", grace_seconds=0.0, switch_interval_ms=0.5),
+                   lambda artifacts: (_ for _ in ()).throw(OSError("no artifacts")), out=io.StringIO(),
+                   stop_event=threading.Event())
+        assert rc == 1 and sys.getswitchinterval() == pytest.approx(0.0005)
+    finally:
+        sys.setswitchinterval(before)
 
 
 def test_serve_returns_1_when_loading_fails():
