@@ -155,7 +155,7 @@ def build_arms(catalog: Catalog, inter: Interactions, *, bm25_texts: Sequence[st
         fusion_report: dict = {}
         arms.append(timed("fusion", lambda: build_learned_fusion_arm(
             catalog.texts, inter.queries, inter.item_ids, inter.weights, analyzer=analyzer, text_index=text_index,
-            report=fusion_report)))
+            chargram=next(a for a in arms if a.name == "chargram"), report=fusion_report)))
         if report is not None:
             report["fusion"] = {k: v for k, v in fusion_report.items() if k != "weights"}
     return arms

@@ -67,6 +67,10 @@ class FusionArm(Arm):
         RRF constant, > 0.
     depth : int
         How deep each sub-arm's list is read (at least ``n`` of the request).
+    same_as : sequence of (str or None), optional
+        Per sub-arm, the name of a catalogue arm it equals by construction (same index, built from
+        the same texts); persisted, and :meth:`share_sub_arms` swaps such a sub-arm for the served arm
+        so one request computes its list once.
     scorer : PoolScorer, optional
         Learned fusion: the pool of every sub-arm's top ``depth`` is ordered by this model instead
         of the weighted RRF (``weights`` then unused; ``k`` is the RRF constant of the features);
@@ -82,7 +86,8 @@ class FusionArm(Arm):
     name = "fusion"
 
     def __init__(self, arms: Sequence[Arm], weights: Sequence[float] | None = None, k: float = 10.0,
-                 depth: int = 100, scorer: "PoolScorer | None" = None) -> None:
+                 depth: int = 100, scorer: "PoolScorer | None" = None,
+                 same_as: Sequence[str | None] | None = None) -> None:
         arms = list(arms)
         if not arms:
             raise ValueError("arms: need at least one sub-arm")
@@ -110,6 +115,31 @@ class FusionArm(Arm):
             if scorer.n_sub_arms != len(arms):
                 raise ValueError(f"scorer: expects {scorer.n_sub_arms} sub-arms, got {len(arms)}")
         self.scorer = scorer
+        self.same_as = [None] * len(arms) if same_as is None else list(same_as)
+        if len(self.same_as) != len(arms):
+            raise ValueError(f"same_as: need {len(arms)} entries, got {len(self.same_as)}")
+
+    def share_sub_arms(self, arms: Sequence[Arm]) -> None:
+        """Serve sub-arm i with the catalogue arm named ``same_as[i]`` (when given and present) and
+        let that arm remember its last query's top ``depth`` (``memo_depth``), so the trigram list
+        the pipeline reads for the standalone arm is not computed a second time here.
+
+        Raises
+        ------
+        ValueError
+            A named arm of another class or catalogue size.
+        """
+        by_name = {a.name: a for a in arms}
+        for i, name in enumerate(self.same_as):
+            other = by_name.get(name) if name else None
+            if other is None or other is self.arms[i]:
+                continue
+            if type(other) is not type(self.arms[i]) or other.n_items != self._n_items:
+                raise ValueError(f"same_as[{i}]: arm {name!r} is not a {type(self.arms[i]).__name__} "
+                                 f"over {self._n_items} items")
+            self.arms[i] = other
+            if hasattr(other, "memo_depth"):
+                other.memo_depth = max(other.memo_depth, self.depth)
 
     @property
     def n_items(self) -> int:
@@ -124,7 +154,7 @@ class FusionArm(Arm):
             subs.append({"kind": arm.name, "params": p})
             arrays.update({f"a{i}_{key}": v for key, v in a.items()})
         params = {"k": self.k, "depth": self.depth, "weights": self.weights, "sub_arms": subs,
-                  "n_items": self._n_items}
+                  "n_items": self._n_items, "same_as": self.same_as}
         if self.scorer is not None:
             sp, sa = self.scorer.to_arrays()
             params["scorer"] = sp
@@ -153,7 +183,7 @@ class FusionArm(Arm):
         if params.get("scorer") is not None:
             scorer = PoolScorer.from_arrays(params["scorer"], {key[2:]: v for key, v in arrays.items()
                                                                if key.startswith("s_")})
-        arm = cls(arms, params["weights"], params["k"], params["depth"], scorer)
+        arm = cls(arms, params["weights"], params["k"], params["depth"], scorer, params.get("same_as"))
         if arm.n_items != int(params["n_items"]):
             raise ValueError(f"n_items: params say {params['n_items']}, sub-arms hold {arm.n_items}")
         return arm
@@ -364,7 +394,7 @@ def expand_texts(texts: Sequence[str], queries: Sequence[str], item_ids, grades,
 def build_learned_fusion_arm(texts: Sequence[str], queries: Sequence[str], item_ids, grades, *,
                              analyzer: str = "product", k: float = 10.0, depth: int = 200, n_folds: int = 4,
                              relevant: float = 2.5, min_grade: float = 2.0, C: float = 1.0, seed: int = 0,
-                             text_index=None, report: dict | None = None) -> FusionArm:
+                             text_index=None, chargram=None, report: dict | None = None) -> FusionArm:
     """Offline builder of the learned fusion arm from judged (query, item, grade) triples.
 
     Sub-arms: BM25 (compound terms) over ``texts`` expanded with the queries judged >= ``min_grade``
@@ -373,7 +403,9 @@ def build_learned_fusion_arm(texts: Sequence[str], queries: Sequence[str], item_
     featurised with the expanded BM25 and the :func:`item_prior` of the *other* folds; label = the
     item was judged >= ``relevant`` for the query (unjudged pool items are negatives). Pointwise
     L2-regularised logistic regression (``C``) on standardised features. The served arm's sub-arms
-    and prior use every judgment.
+    and prior use every judgment. ``chargram``: the catalogue's own character-trigram arm over the
+    same ``texts`` and ``analyzer``, reused as the sub-arm and recorded in ``same_as`` (serving then
+    computes its list once per request, :meth:`FusionArm.share_sub_arms`).
 
     Raises
     ------
@@ -396,7 +428,11 @@ def build_learned_fusion_arm(texts: Sequence[str], queries: Sequence[str], item_
     n_items = len(texts)
     if text_index is None:
         text_index = ItemTextIndex.build(texts, analyzer=analyzer, match_features=True)
-    chargram = CharGramArm.build(texts, analyzer=analyzer)
+    same_as = [None, None if chargram is None else chargram.name]
+    if chargram is None:
+        chargram = CharGramArm.build(texts, analyzer=analyzer)
+    elif chargram.n_items != n_items or chargram.config.analyzer != analyzer:
+        raise ValueError("chargram: must index the same texts with the same analyzer")
     distinct = sorted(set(queries))
     qid = {q: i for i, q in enumerate(distinct)}
     q_of = np.array([qid[q] for q in queries], dtype=np.int64)
@@ -435,4 +471,4 @@ def build_learned_fusion_arm(texts: Sequence[str], queries: Sequence[str], item_
     if report is not None:
         report.update({"n_rows": int(y.size), "n_positive": int(y.sum()), "n_queries": len(distinct),
                        "depth": depth, "weights": model.coef_.ravel().tolist()})
-    return FusionArm(arms, k=k, depth=depth, scorer=scorer)
+    return FusionArm(arms, k=k, depth=depth, scorer=scorer, same_as=same_as)

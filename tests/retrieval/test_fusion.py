@@ -156,6 +156,33 @@ def test_invalid_scorer(change, message):
         PoolScorer(**kw)
 
 
+def test_shared_chargram_gives_the_same_lists():
+    q, i, g = zip(*JUDGED)
+    own = learned_arm(depth=5)
+    standalone = CharGramArm.build(CORPUS, analyzer="product")
+    arm = build_learned_fusion_arm(CORPUS, list(q), np.array(i), np.array(g), n_folds=2, depth=5, chargram=standalone)
+    assert arm.same_as == [None, "chargram"] and arm.arms[1] is standalone
+    params, arrays = arm.to_arrays()
+    again = FusionArm.from_arrays(params, arrays)
+    assert again.same_as == [None, "chargram"] and again.arms[1] is not standalone
+    served = CharGramArm.from_arrays(*standalone.to_arrays())
+    again.share_sub_arms([BM25Arm.build(CORPUS), served, again])
+    assert again.arms[1] is served and served.memo_depth == 5
+    for query in QUERIES:
+        for n in (1, 3, 10):
+            served.retrieve(query, Context(), 2)  # the pipeline reads the standalone arm first
+            a, b = own.retrieve(query, Context(), n), again.retrieve(query, Context(), n)
+            assert a[0].tolist() == b[0].tolist()
+            np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+
+
+def test_share_sub_arms_rejects_another_kind():
+    arm = learned_arm()
+    arm.same_as = [None, "bm25"]
+    with pytest.raises(ValueError, match="same_as\\[1\\]: arm 'bm25' is not a CharGramArm"):
+        arm.share_sub_arms([BM25Arm.build(CORPUS)])
+
+
 def test_scorer_must_match_the_sub_arms():
     arm = learned_arm()
     with pytest.raises(ValueError, match="expects 2 sub-arms"):
