@@ -281,15 +281,21 @@ def arm_score_matrix(arm_ids: Sequence[np.ndarray], arm_scores: Sequence[np.ndar
 
     Returns
     -------
-    float32 array of shape (len(item_ids), len(arm_ids)).
+    float32 array of shape (len(item_ids), len(arm_ids)); a repeated item id gets the same row at
+    each of its positions (a judged set may list a product twice).
     """
-    pos = {int(i): r for r, i in enumerate(np.asarray(item_ids).tolist())}
-    out = np.zeros((len(pos), len(arm_ids)), dtype=np.float32)
+    keys = np.asarray(item_ids).tolist()
+    pos: dict = {}
+    for r, i in enumerate(keys):
+        pos.setdefault(int(i), r)
+    out = np.zeros((len(keys), len(arm_ids)), dtype=np.float32)
     for a, (ids, sc) in enumerate(zip(arm_ids, arm_scores)):
         for i, s in zip(ids[:top].tolist(), sc[:top].tolist()):
             r = pos.get(i)
             if r is not None:
                 out[r, a] = s
+    if len(pos) < len(keys):
+        out = out[[pos[int(i)] for i in keys]]
     return out
 
 

@@ -126,8 +126,17 @@ def _ndcg10(scores: np.ndarray, grades: np.ndarray) -> float:
     return dcg / idcg if idcg > 0 else 0.0
 
 
-def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budget: int = 100, progress=None) -> dict:
-    """The JSON report of ``qac evaluate search --judgments`` (see module doc)."""
+def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budget: int = 100, progress=None,
+                              policy_config=None, menu_recalls: bool = False) -> dict:
+    """The JSON report of ``qac evaluate search --judgments`` (see module doc).
+
+    ``policy_config`` (``retrieval.policy.PolicyConfig``): replay with a fresh policy of this
+    configuration instead of the artifact's (what-if comparisons, ``bench.judged_policy_replay``).
+    ``menu_recalls``: also report ``menu``, the union recall of every fixed menu allocation (unions
+    filled as served), and ``oracle_allocation``, the per-query best of them.
+    """
+    from retrieval.pipeline import ARM_FEATURES, CONTEXT_FEATURES, fill_depths
+    from retrieval.policy import allocation_menu, build_policy
     from serving.search_service import catalog_analyzer
 
     # Search terms normalised as the catalogue's service does (its recorded analyzer).
@@ -140,7 +149,10 @@ def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budge
         try:
             ce = svc.engines["homedepot"]
             eng, names = ce.engine, ce.engine.arm_names
-            recalls, arm_recalls, ndcgs, bm25_ndcgs, lat = [], defaultdict(list), [], [], []
+            if policy_config is not None:
+                eng.policy = build_policy(policy_config, len(names), len(CONTEXT_FEATURES), len(ARM_FEATURES))
+            menu = allocation_menu(len(names), budget)
+            recalls, arm_recalls, ndcgs, bm25_ndcgs, lat, menu_hits = [], defaultdict(list), [], [], [], []
             for qi, (q, js) in enumerate(sorted(by_query.items())):
                 ids = np.array([ce.catalog.id_of(j.item_key) for j in js if ce.catalog.id_of(j.item_key) is not None],
                                dtype=np.int32)
@@ -157,6 +169,11 @@ def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budge
                     recalls.append(len(relevant & union) / len(relevant))
                     for a, aids in zip(names, r.arm_ids):
                         arm_recalls[a].append(len(relevant & set(aids[:budget].tolist())) / len(relevant))
+                    if menu_recalls:
+                        depths = fill_depths(r.arm_ids, menu, budget)
+                        menu_hits.append([len(relevant & {i for ids, d in zip(r.arm_ids, row.tolist())
+                                                          for i in ids[:d].tolist()}) / len(relevant)
+                                          for row in depths])
                 feats = eng.features(r, ids)
                 ndcgs.append(_ndcg10(eng.ranker.score(feats), grades))
                 bm25_ndcgs.append(_ndcg10(feats[:, 0], grades))
@@ -166,7 +183,14 @@ def evaluate_search_judgments(artifacts, test_judgments, *, seed: int = 0, budge
                     progress(f"  {qi + 1:,}/{len(by_query):,} queries")
         finally:
             svc.close()
+    extra = {}
+    if menu_recalls and menu_hits:
+        hits = np.array(menu_hits)
+        extra = {"menu": [{"allocation": dict(zip(names, row.tolist())), "recall@100": float(v)}
+                          for row, v in zip(menu, hits.mean(axis=0))],
+                 "oracle_allocation": float(hits.max(axis=1).mean())}
     return {
+        **extra,
         "n_queries": len(ndcgs), "n_queries_with_relevant": len(recalls),
         "recall@100": float(np.mean(recalls)) if recalls else 0.0,
         "ndcg@10": float(np.mean(ndcgs)) if ndcgs else 0.0,

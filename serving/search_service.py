@@ -94,6 +94,10 @@ def load_engine(path: Path) -> CatalogEngine:
     catalog = Catalog.from_arrays(*art.component("catalog"))
     classes = _arm_classes()
     arms = [classes[name].from_arrays(*art.component(f"arm_{name}")) for name in p["arms"]]
+    for arm in arms:
+        share = getattr(arm, "share_sub_arms", None)
+        if share is not None:
+            share(arms)
     pp, pa = art.component("policy")
     policy = _policy_class(pp["kind"]).from_arrays(pp, pa)
     rp, ra = art.component("ranker")

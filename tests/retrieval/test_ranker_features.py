@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from retrieval.ranker_features import (
-    ITEM_STAT_NAMES, TEXT_FEATURE_NAMES, ItemTextIndex, candidate_features, feature_names,
+    ITEM_STAT_NAMES, TEXT_FEATURE_NAMES, ItemTextIndex, arm_score_matrix, candidate_features, feature_names,
     item_stats_from_pairs, reference_candidate_features,
 )
 
@@ -170,3 +170,13 @@ def test_match_features_values_and_round_trip():
     legacy = {k: v for k, v in params.items() if k not in ("analyzer", "match_features")}
     old = ItemTextIndex.from_arrays(legacy, arrays)
     assert old.analyzer == "qp2q" and not old.match_features and old.n_text_features == len(TEXT_FEATURE_NAMES)
+
+
+def test_arm_score_matrix_repeated_ids():
+    # A judged set can list one product twice (two raw search terms normalise to one query).
+    ids = np.array([5, 2, 5, 9], dtype=np.int32)
+    out = arm_score_matrix([np.array([5, 9], np.int32), np.array([2], np.int32)],
+                           [np.array([3.0, 1.0], np.float32), np.array([0.5], np.float32)], ids)
+    assert out.shape == (4, 2)
+    np.testing.assert_array_equal(out, [[3.0, 0.0], [0.0, 0.5], [3.0, 0.0], [1.0, 0.0]])
+    assert arm_score_matrix([], [], ids).shape == (4, 0)
