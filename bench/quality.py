@@ -13,7 +13,8 @@ MRR@10, Success@10, BLEU and MRR@10 by prefix length), one row per method on the
 - MPC over all training queries (the evaluation's own baseline);
 - XR-Linear with PECOS inference (unconstrained beam, filter by prefix, MPC fill);
 - + prefix-constrained beam (no suffix completions);
-- this service (the artifact's default inference);
+- the cascade of issue 2 (XR-Linear, MPC, suffix completions, back-off; no learned ranking);
+- this service (the artifact's default inference: every completion arm + the learned ranker);
 - PECOS ``libpecos`` XR-Linear trained on the same features and the same label tree, PECOS inference
   (only when ``pecos`` is importable: ``pip install .[pecos]``; otherwise the reason is printed).
 
@@ -132,7 +133,7 @@ def pecos_completer(comp, train_log: Path):
     Y = sp.csr_matrix((np.ones(y.size, np.float32), (np.arange(y.size), y)), shape=(y.size, len(labels)))
     xlm = PecosXLinear.train(X, Y, C=ClusterChain(cluster_chain(comp.model)), threshold=cfg.threshold,
                              Cp=cfg.C, Cn=cfg.C, bias=cfg.bias)
-    inference = comp.with_inference(prefix_constrained=False, suffix_completions=False).inference
+    inference = comp.with_inference(prefix_constrained=False, suffix_completions=False, ranked=False).inference
     return Completer(comp.featurizer, PecosModel(xlm, comp.featurizer.n_features), comp.labels, comp.mpc,
                      comp.suffix, inference, cfg, comp.version + "+pecos"), None
 
@@ -143,16 +144,20 @@ def completion_table(art: Path, test_log: Path, train_log: Path | None, max_poin
     from qac.evaluate import evaluate_completion
 
     comp = Completer.load(art)
+    # The XR-Linear rows are the model alone (no ranked union of arms): ranked=False.
     variants = [
         ("XR-Linear, PECOS inference (unconstrained beam 10, filter, MPC fill)",
-         comp.with_inference(prefix_constrained=False, suffix_completions=False)),
-        ("+ prefix-constrained beam (no suffix completions)", comp.with_inference(suffix_completions=False)),
+         comp.with_inference(prefix_constrained=False, suffix_completions=False, ranked=False)),
+        ("+ prefix-constrained beam (no suffix completions)",
+         comp.with_inference(suffix_completions=False, ranked=False)),
+        ("cascade: XR-Linear, MPC, suffix completions, back-off (issue 2's service)",
+         comp.with_inference(ranked=False)),
         ("this service (default)", comp),
     ]
     rows, skipped, reports = [], [], {}
     for name, c in variants:
         say(f"completion: {name}")
-        rep = evaluate_completion(art, test_log, completer=c, max_points=max_points)
+        rep = evaluate_completion(art, test_log, completer=c, max_points=max_points, per_arm=c is comp)
         reports[name] = rep
         if not rows:
             rows.append(completion_row("MPC over all training queries (baseline)", rep["baselines"]["mpc"]))
