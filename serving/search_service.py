@@ -53,9 +53,10 @@ def _arm_classes() -> dict:
     from retrieval.arms.memory import MemoryArm
     from retrieval.arms.popularity import PopularityArm
     from retrieval.arms.semantic import SemanticArm
+    from retrieval.arms.stack import StackedFusionArm
 
     return {c.name: c for c in (BM25Arm, CharGramArm, MemoryArm, SemanticArm, PopularityArm, UserHistoryArm,
-                                FusionArm)}
+                                FusionArm, StackedFusionArm)}
 
 
 def _policy_class(kind: str):
@@ -93,6 +94,11 @@ def load_engine(path: Path) -> CatalogEngine:
     catalog = Catalog.from_arrays(*art.component("catalog"))
     classes = _arm_classes()
     arms = [classes[name].from_arrays(*art.component(f"arm_{name}")) for name in p["arms"]]
+    for arm in arms:
+        # An arm over its siblings' lists (the stacked fusion) reads the served arms themselves.
+        bind = getattr(arm, "bind", None)
+        if bind is not None:
+            bind(arms)
     pp, pa = art.component("policy")
     policy = _policy_class(pp["kind"]).from_arrays(pp, pa)
     rp, ra = art.component("ranker")
