@@ -54,9 +54,10 @@ def _arm_classes() -> dict:
     from retrieval.arms.memory import MemoryArm
     from retrieval.arms.popularity import PopularityArm
     from retrieval.arms.semantic import SemanticArm
+    from retrieval.arms.stack import StackedFusionArm
 
     return {c.name: c for c in (BM25Arm, CharGramArm, MemoryArm, SemanticArm, PopularityArm, UserHistoryArm,
-                                FusionArm)}
+                                FusionArm, StackedFusionArm)}
 
 
 def _policy_class(kind: str):
@@ -95,9 +96,12 @@ def load_engine(path: Path) -> CatalogEngine:
     classes = _arm_classes()
     arms = [classes[name].from_arrays(*art.component(f"arm_{name}")) for name in p["arms"]]
     for arm in arms:
-        share = getattr(arm, "share_sub_arms", None)
-        if share is not None:
-            share(arms)
+        # Arms over their siblings' lists read the served arms themselves: the Home Depot fusion
+        # shares the catalogue's char-trigram arm, the AOL stacked fusion pools every arm.
+        for hook in ("share_sub_arms", "bind"):
+            attach = getattr(arm, hook, None)
+            if attach is not None:
+                attach(arms)
     pp, pa = art.component("policy")
     policy = _policy_class(pp["kind"]).from_arrays(pp, pa)
     rp, ra = art.component("ranker")

@@ -122,6 +122,13 @@ class UserHistoryArm(OnlineClickArm):
             counts = counts + extra * (boost / len(keys))
         return top_n(ids, counts, n)
 
+    def user_items(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
+        """``context.user_id``'s clicked items at ``context.timestamp``: ids int32 ascending and
+        decayed counts float64, both (m,); empty for an anonymous or unknown user."""
+        if not context.user_id:
+            return empty_result()
+        return self.users.counts(context.user_id, self._time(context))
+
     def warmup(self) -> None:
         """No kernels; touches the lookup path once."""
         self.retrieve("", Context(), 1)

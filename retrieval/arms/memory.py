@@ -53,7 +53,7 @@ import numpy as np
 from qac.artifacts import arrays_to_strings, strings_to_arrays
 from qac.text import normalize_query
 from retrieval.arms import _kernels
-from retrieval.arms.base import Arm, Context, ScratchPool, check_n, check_query, empty_result
+from retrieval.arms.base import Arm, Context, EMPTY_CONTEXT, ScratchPool, check_n, check_query, empty_result
 
 __all__ = ["MemoryConfig", "MemoryArm", "DecayedPostings", "build_memory_arm", "top_n"]
 
@@ -523,6 +523,11 @@ class MemoryArm(OnlineClickArm):
             pred_ids, pred = pred_ids[keep], pred[keep]
             return top_n(np.concatenate((obs_ids, pred_ids)), np.concatenate((obs_counts, pred)), n)
         return top_n(pred_ids, pred, n)
+
+    def observed(self, query: str, context: Context = EMPTY_CONTEXT) -> tuple[np.ndarray, np.ndarray]:
+        """Observed clicks of ``query`` at ``context.timestamp`` (0: the arm's clock): item ids
+        int32 ascending and their decayed counts float64, both (m,); empty for an unseen query."""
+        return self.clicks.counts(normalize_query(check_query(query)), self._time(context))
 
     def observed_count(self, query: str, item_id: int, timestamp: int) -> float:
         """Decayed click count of ``(query, item_id)`` at ``timestamp`` (0.0 if never clicked)."""
