@@ -255,8 +255,14 @@ class Pipeline:
         """Every arm's list, the policy's allocation and the candidate union for a normalised query."""
         arm_ids, arm_scores = [], []
         depth = self.arm_depth(budget)
+        retrieved: dict = {}
         for arm in self.arms:
-            ids, sc = arm.retrieve(query, context, depth)
+            pooled = getattr(arm, "retrieve_pooled", None)  # an arm over earlier arms' lists (stack)
+            if pooled is not None:
+                ids, sc = pooled(query, context, depth, retrieved, depth)
+            else:
+                ids, sc = arm.retrieve(query, context, depth)
+            retrieved[arm.name] = (ids, sc)
             arm_ids.append(ids)
             arm_scores.append(sc)
         x = self.context_x(query, context)

@@ -67,7 +67,7 @@ def _lookup(keys: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray
 
 
 def pool_features(query: str, context: Context, arms: Sequence[Arm], depth: int,
-                  k: float = 10.0) -> tuple[np.ndarray, np.ndarray]:
+                  k: float = 10.0, lists: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Every sub-arm's top ``depth`` pooled, with one feature row per pool item.
 
     Parameters
@@ -81,13 +81,17 @@ def pool_features(query: str, context: Context, arms: Sequence[Arm], depth: int,
     depth : int >= 1
     k : float > 0
         Constant of the reciprocal-rank columns.
+    lists : sequence of (ids, scores) or None
+        Each sub-arm's ``retrieve(query, context, depth)`` when the caller has it already (None:
+        retrieved here).
 
     Returns
     -------
     ids : int32 (m,), the distinct pool items ascending
     X : float32 (m, 3 * len(arms) + 10), columns :func:`feature_names`
     """
-    lists = [arm.retrieve(query, context, depth) for arm in arms]
+    if lists is None:
+        lists = [arm.retrieve(query, context, depth) for arm in arms]
     n_sub = len(arms)
     allids = np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in lists]) if lists else np.zeros(0, np.int32)
     ids, inverse = np.unique(allids, return_inverse=True)
@@ -197,13 +201,29 @@ class StackedFusionArm(Arm):
 
     def retrieve(self, query: str, context: Context = EMPTY_CONTEXT, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` pool items by the model's score (ties by item id), see :meth:`Arm.retrieve`."""
+        return self.retrieve_pooled(query, context, n, {}, 0)
+
+    def retrieve_pooled(self, query: str, context: Context, n: int, retrieved: Mapping[str, tuple],
+                        depth: int) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`retrieve` reusing the sub-arms' lists of the same request: ``retrieved`` maps an
+        arm name to its ``retrieve(query, context, depth)`` (the pipeline's, earlier in the same
+        call). With ``depth >= self.depth`` each list's head is the sub-arm's top ``self.depth``
+        (arms return their best first, ties by item id), so nothing is retrieved twice; otherwise,
+        or for a sub-arm not in ``retrieved``, the sub-arm is asked again."""
         n = check_n(n)
         check_query(query)
         if self.arms is None:
             raise RuntimeError("StackedFusionArm.retrieve before bind(arms)")
         if n == 0:
             return empty_result()
-        ids, X = pool_features(query, context, self.arms, self.depth, self.k)
+        lists = []
+        for arm in self.arms:
+            got = retrieved.get(arm.name) if depth >= self.depth else None
+            if got is None:
+                lists.append(arm.retrieve(query, context, self.depth))
+            else:
+                lists.append((got[0][:self.depth], got[1][:self.depth]))
+        ids, X = pool_features(query, context, self.arms, self.depth, self.k, lists)
         if ids.size == 0:
             return empty_result()
         scores = np.asarray(self.model.score(X), dtype=np.float32)

@@ -116,6 +116,26 @@ def test_retrieve_is_the_model_order_of_the_pool():
             np.testing.assert_allclose(scores, s[order], rtol=1e-6)
 
 
+def test_retrieve_pooled_reuses_the_requests_lists_and_equals_retrieve():
+    arm, arms = fitted()
+    arm.bind(arms)
+    calls = []
+    for a in arms:  # count the sub-arms' retrieve calls
+        a.retrieve = (lambda f, name: (lambda *args: calls.append(name) or f(*args)))(a.retrieve, a.name)
+    for q in ["google", "weather", "maps", "shopping books", "zzz"]:
+        ctx = Context(user_id="u3", timestamp=T0 + 15 * DAY)
+        want = arm.retrieve(q, ctx, 5)
+        calls.clear()
+        deeper = {a.name: a.retrieve(q, ctx, arm.depth + 4) for a in arms}
+        calls.clear()
+        got = arm.retrieve_pooled(q, ctx, 5, deeper, arm.depth + 4)
+        assert calls == [] and got[0].tolist() == want[0].tolist()
+        np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+        # A shallower request depth, or a sub-arm missing from the request's lists: asked again.
+        got = arm.retrieve_pooled(q, ctx, 5, {}, arm.depth)
+        assert sorted(calls) == sorted(a.name for a in arms) and got[0].tolist() == want[0].tolist()
+
+
 def test_builder_replays_the_last_week_through_earlier_arms():
     report: dict = {}
     arm, _ = fitted(report=report)
