@@ -28,9 +28,9 @@ SECONDS_PER_DAY = 86400.0
 
 class _LastCall:
     """Per-thread memo of the last call: ``get(key, compute)`` returns ``compute()``, or the value of
-    the previous call in this thread when its key was equal. One request of the ranked path asks some
-    questions twice (an arm's lookup again for the ranker's features; the typo and back-off arms the
-    same short-prefix check); keys must change whenever the answer can."""
+    the previous call in this thread when its key was equal. One request of the ranked path asks a
+    history store the same question twice (an arm's lookup, then the ranker's features); keys must
+    change whenever the answer can."""
 
     def __init__(self):
         self._local = threading.local()
@@ -42,7 +42,6 @@ class _LastCall:
         value = compute()
         self._local.last = (key, value)
         return value
-
 
 
 def _top(cands: dict[str, float], n: int) -> tuple[list[str], list[float]]:
@@ -211,12 +210,8 @@ class TypoArm(_ShortPrefixArm):
         self.window = int(window)
         self.max_expansions = int(max_expansions)
 
-    def matched_length(self, prefix: str) -> int:
-        """Length of the longest leading part of ``prefix`` that some training query starts with."""
-        return self.mpc.matched_length(prefix)
-
     def _edit_position(self, prefix: str) -> int:
-        return min(self.matched_length(prefix), len(prefix) - 1)
+        return min(self.mpc.matched_length(prefix), len(prefix) - 1)
 
     def variants(self, prefix: str) -> list[str]:
         """Distinct edit-distance-1 variants of ``prefix`` (prefixes of 3+ characters) that some

@@ -98,12 +98,7 @@ class Completion:
 def _highlight(text: str, prefix: str) -> tuple[int, int]:
     if text.startswith(prefix):
         return (0, len(prefix))
-    n = 0
-    for a, b in zip(text, prefix):
-        if a != b:
-            break
-        n += 1
-    return (0, n)
+    return (0, len(os.path.commonprefix((text, prefix))))
 
 
 class Completer:
@@ -148,9 +143,7 @@ class Completer:
     def _make_pipeline(self):
         if self.ranker is None or not self.inference.ranked:
             return None
-        from qac.ranking import CompletionPipeline
-
-        from qac.ranking import ARM_NAMES
+        from qac.ranking import ARM_NAMES, CompletionPipeline
 
         arms = [self.arms[name] for name in ARM_NAMES if name not in self.exclude_arms]
         return CompletionPipeline(arms, self.ranker, self.arms["mpc"], self.arms["user_history"],

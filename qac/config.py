@@ -32,7 +32,7 @@ class InferenceConfig:
         completions, MPC back-off.
     per_arm : int
         Candidates each arm contributes to the ranked union (8: dev MRR@10 0.4182 vs 0.4185 with 10,
-        with fewer candidates to featurise and score; README, "Completion latency").
+        with fewer candidates to featurise and score; README, "Measured results").
     typo_min_exact : int
         The typo and back-off arms run only when the exact prefix has fewer MPC completions.
     """

@@ -20,6 +20,7 @@ completions, so enumerating them from the trie is cheap.
 """
 from __future__ import annotations
 
+import os.path
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 
@@ -278,10 +279,8 @@ class MostPopularCompletion:
     def has_prefix(self, prefix: str) -> bool:
         """Whether some training query starts with ``prefix`` (``""``: whether there is any query).
 
-        A binary search over :meth:`sorted_queries` (~1 us; marisa's prefix iteration costs ~3 us)."""
-        queries = self.sorted_queries()
-        i = bisect_left(queries, prefix)
-        return i < len(queries) and queries[i].startswith(prefix)
+        A binary search over :meth:`sorted_queries` (cheaper than marisa's prefix iteration)."""
+        return self.has_at_least(prefix, 1)
 
     def has_at_least(self, prefix: str, n: int) -> bool:
         """Whether at least ``n`` (>= 1) training queries start with ``prefix`` (one binary search)."""
@@ -309,16 +308,8 @@ class MostPopularCompletion:
         its insertion point, so one binary search and two common-prefix scans give it."""
         queries = self.sorted_queries()
         i = bisect_left(queries, prefix)
-        best = 0
-        for j in (i - 1, i):
-            if 0 <= j < len(queries):
-                q = queries[j]
-                n = min(len(q), len(prefix))
-                m = 0
-                while m < n and q[m] == prefix[m]:
-                    m += 1
-                best = max(best, m)
-        return best
+        return max((len(os.path.commonprefix((queries[j], prefix))) for j in (i - 1, i) if 0 <= j < len(queries)),
+                   default=0)
 
     def next_chars(self, head: str) -> list[str]:
         """The distinct characters that follow ``head`` in training queries, in code-point order
@@ -345,7 +336,7 @@ class MostPopularCompletion:
         """:meth:`count` without the argument check (request path; ``query`` must be a str).
 
         One dict lookup once :meth:`sorted_queries` has been built (``Completer.warmup`` builds it;
-        a marisa lookup costs several times more on a cold cache); the trie before that."""
+        cheaper than a marisa lookup on a cold cache); the trie before that."""
         count_map = self._count_map
         if count_map is not None:
             return count_map.get(query, 0)
@@ -356,8 +347,7 @@ class MostPopularCompletion:
         """Training frequency of ``query`` (0 if it is not a training query)."""
         if not isinstance(query, str):
             raise ValueError(f"query must be a str, got {type(query).__name__}")
-        key = self._trie.get(query)
-        return 0 if key is None else int(self._counts[key])
+        return self.count_of(query)
 
     def _decode_row(self, row: np.ndarray) -> list[tuple[str, int]]:
         # A popular query sits in the rows of many nested prefixes: decode it once and share the
@@ -393,7 +383,7 @@ class MostPopularCompletion:
         count_map = self._count_map
         if count_map is not None:
             # After warm-up: the prefix's block of the sorted list (a slice) instead of a marisa
-            # prefix walk (about 3x faster for the light prefixes that come here).
+            # prefix walk (cheaper for the light prefixes that come here).
             queries, lo, hi = self._block(prefix)
             ranked = sorted(queries[lo:hi], key=lambda q: (-count_map[q], q))
             return [(q, count_map[q]) for q in ranked[:k]]

@@ -259,7 +259,7 @@ class Pipeline:
         for arm in self.arms:
             pooled = getattr(arm, "retrieve_pooled", None)  # an arm over earlier arms' lists (stack)
             if pooled is not None:
-                ids, sc = pooled(query, context, depth, retrieved, depth)
+                ids, sc = pooled(query, context, depth, retrieved)
             else:
                 ids, sc = arm.retrieve(query, context, depth)
             retrieved[arm.name] = (ids, sc)

@@ -69,7 +69,7 @@ class FusionArm(Arm):
         How deep each sub-arm's list is read (at least ``n`` of the request).
     same_as : sequence of (str or None), optional
         Per sub-arm, the name of a catalogue arm it equals by construction (same index, built from
-        the same texts); persisted, and :meth:`share_sub_arms` swaps such a sub-arm for the served arm
+        the same texts); persisted, and :meth:`bind` swaps such a sub-arm for the served arm
         so one request computes its list once.
     scorer : PoolScorer, optional
         Learned fusion: the pool of every sub-arm's top ``depth`` is ordered by this model instead
@@ -119,7 +119,7 @@ class FusionArm(Arm):
         if len(self.same_as) != len(arms):
             raise ValueError(f"same_as: need {len(arms)} entries, got {len(self.same_as)}")
 
-    def share_sub_arms(self, arms: Sequence[Arm]) -> None:
+    def bind(self, arms: Sequence[Arm]) -> "FusionArm":
         """Serve sub-arm i with the catalogue arm named ``same_as[i]`` (when given and present) and
         let that arm remember its last query's top ``depth`` (``memo_depth``), so the trigram list
         the pipeline reads for the standalone arm is not computed a second time here.
@@ -140,6 +140,7 @@ class FusionArm(Arm):
             self.arms[i] = other
             if hasattr(other, "memo_depth"):
                 other.memo_depth = max(other.memo_depth, self.depth)
+        return self
 
     @property
     def n_items(self) -> int:
@@ -405,7 +406,7 @@ def build_learned_fusion_arm(texts: Sequence[str], queries: Sequence[str], item_
     L2-regularised logistic regression (``C``) on standardised features. The served arm's sub-arms
     and prior use every judgment. ``chargram``: the catalogue's own character-trigram arm over the
     same ``texts`` and ``analyzer``, reused as the sub-arm and recorded in ``same_as`` (serving then
-    computes its list once per request, :meth:`FusionArm.share_sub_arms`).
+    computes its list once per request, :meth:`FusionArm.bind`).
 
     Raises
     ------

@@ -201,15 +201,15 @@ class StackedFusionArm(Arm):
 
     def retrieve(self, query: str, context: Context = EMPTY_CONTEXT, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` pool items by the model's score (ties by item id), see :meth:`Arm.retrieve`."""
-        return self.retrieve_pooled(query, context, n, {}, 0)
+        return self.retrieve_pooled(query, context, n, {})
 
-    def retrieve_pooled(self, query: str, context: Context, n: int, retrieved: Mapping[str, tuple],
-                        depth: int) -> tuple[np.ndarray, np.ndarray]:
+    def retrieve_pooled(self, query: str, context: Context, n: int,
+                        retrieved: Mapping[str, tuple]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`retrieve` reusing the sub-arms' lists of the same request: ``retrieved`` maps an
-        arm name to its ``retrieve(query, context, depth)`` (the pipeline's, earlier in the same
-        call). With ``depth >= self.depth`` each list's head is the sub-arm's top ``self.depth``
-        (arms return their best first, ties by item id), so nothing is retrieved twice; otherwise,
-        or for a sub-arm not in ``retrieved``, the sub-arm is asked again."""
+        arm name to its ``retrieve(query, context, n)`` (the pipeline's, earlier in the same call).
+        With ``n >= self.depth`` each list's head is the sub-arm's top ``self.depth`` (arms return
+        their best first, ties by item id), so nothing is retrieved twice; otherwise, or for a
+        sub-arm not in ``retrieved``, the sub-arm is asked again."""
         n = check_n(n)
         check_query(query)
         if self.arms is None:
@@ -218,7 +218,7 @@ class StackedFusionArm(Arm):
             return empty_result()
         lists = []
         for arm in self.arms:
-            got = retrieved.get(arm.name) if depth >= self.depth else None
+            got = retrieved.get(arm.name) if n >= self.depth else None
             if got is None:
                 lists.append(arm.retrieve(query, context, self.depth))
             else:

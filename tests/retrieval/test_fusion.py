@@ -166,7 +166,7 @@ def test_shared_chargram_gives_the_same_lists():
     again = FusionArm.from_arrays(params, arrays)
     assert again.same_as == [None, "chargram"] and again.arms[1] is not standalone
     served = CharGramArm.from_arrays(*standalone.to_arrays())
-    again.share_sub_arms([BM25Arm.build(CORPUS), served, again])
+    again.bind([BM25Arm.build(CORPUS), served, again])
     assert again.arms[1] is served and served.memo_depth == 5
     for query in QUERIES:
         for n in (1, 3, 10):
@@ -176,11 +176,11 @@ def test_shared_chargram_gives_the_same_lists():
             np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
 
 
-def test_share_sub_arms_rejects_another_kind():
+def test_bind_rejects_another_kind():
     arm = learned_arm()
     arm.same_as = [None, "bm25"]
     with pytest.raises(ValueError, match="same_as\\[1\\]: arm 'bm25' is not a CharGramArm"):
-        arm.share_sub_arms([BM25Arm.build(CORPUS)])
+        arm.bind([BM25Arm.build(CORPUS)])
 
 
 def test_scorer_must_match_the_sub_arms():

@@ -124,16 +124,22 @@ def test_retrieve_pooled_reuses_the_requests_lists_and_equals_retrieve():
         a.retrieve = (lambda f, name: (lambda *args: calls.append(name) or f(*args)))(a.retrieve, a.name)
     for q in ["google", "weather", "maps", "shopping books", "zzz"]:
         ctx = Context(user_id="u3", timestamp=T0 + 15 * DAY)
-        want = arm.retrieve(q, ctx, 5)
+        n = arm.depth + 4
+        want = arm.retrieve(q, ctx, n)
         calls.clear()
-        deeper = {a.name: a.retrieve(q, ctx, arm.depth + 4) for a in arms}
+        lists = {a.name: a.retrieve(q, ctx, n) for a in arms}
         calls.clear()
-        got = arm.retrieve_pooled(q, ctx, 5, deeper, arm.depth + 4)
+        got = arm.retrieve_pooled(q, ctx, n, lists)
         assert calls == [] and got[0].tolist() == want[0].tolist()
         np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
-        # A shallower request depth, or a sub-arm missing from the request's lists: asked again.
-        got = arm.retrieve_pooled(q, ctx, 5, {}, arm.depth)
+        # The request's lists missing, or shallower than the pool depth: the sub-arms are asked again.
+        got = arm.retrieve_pooled(q, ctx, n, {})
         assert sorted(calls) == sorted(a.name for a in arms) and got[0].tolist() == want[0].tolist()
+        calls.clear()
+        short = {name: (ids[:2], sc[:2]) for name, (ids, sc) in lists.items()}
+        got = arm.retrieve_pooled(q, ctx, 2, short)
+        assert sorted(calls) == sorted(a.name for a in arms)
+        assert got[0].tolist() == arm.retrieve(q, ctx, 2)[0].tolist()
 
 
 def test_builder_replays_the_last_week_through_earlier_arms():
