@@ -284,19 +284,23 @@ def arm_score_matrix(arm_ids: Sequence[np.ndarray], arm_scores: Sequence[np.ndar
     float32 array of shape (len(item_ids), len(arm_ids)); a repeated item id gets the same row at
     each of its positions (a judged set may list a product twice).
     """
-    keys = np.asarray(item_ids).tolist()
-    pos: dict = {}
-    for r, i in enumerate(keys):
-        pos.setdefault(int(i), r)
-    out = np.zeros((len(keys), len(arm_ids)), dtype=np.float32)
-    for a, (ids, sc) in enumerate(zip(arm_ids, arm_scores)):
-        for i, s in zip(ids[:top].tolist(), sc[:top].tolist()):
-            r = pos.get(i)
-            if r is not None:
-                out[r, a] = s
-    if len(pos) < len(keys):
-        out = out[[pos[int(i)] for i in keys]]
-    return out
+    keys = np.asarray(item_ids, dtype=np.int64).ravel()
+    n_arms = len(arm_ids)
+    if keys.size == 0 or n_arms == 0:
+        return np.zeros((keys.size, n_arms), dtype=np.float32)
+    # One searchsorted over every arm's head instead of a dict lookup per entry (Search's ranker
+    # features: ~8 arms x 100 entries a request). Arms list an item at most once, so each
+    # (row, arm) cell is written at most once.
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    heads = [np.asarray(ids[:top], dtype=np.int64) for ids in arm_ids]
+    listed = np.concatenate(heads)
+    values = np.concatenate([np.asarray(sc[:top], dtype=np.float32) for sc in arm_scores])
+    col = np.repeat(np.arange(n_arms), [h.size for h in heads])
+    j = np.minimum(np.searchsorted(uniq, listed), uniq.size - 1)
+    hit = uniq[j] == listed
+    out = np.zeros((uniq.size, n_arms), dtype=np.float32)
+    out[j[hit], col[hit]] = values[hit]
+    return out[inverse.ravel()]
 
 
 def _check_inputs(item_ids, arm_scores, text_index, item_stats, arm_proposed):

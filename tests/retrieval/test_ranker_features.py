@@ -172,6 +172,33 @@ def test_match_features_values_and_round_trip():
     assert old.analyzer == "qp2q" and not old.match_features and old.n_text_features == len(TEXT_FEATURE_NAMES)
 
 
+def _arm_score_matrix_twin(arm_ids, arm_scores, item_ids, top=None):
+    """Slow exact twin: a dict lookup per arm entry."""
+    out = np.zeros((len(item_ids), len(arm_ids)), dtype=np.float32)
+    for a, (ids, sc) in enumerate(zip(arm_ids, arm_scores)):
+        score_of = dict(zip(list(ids[:top]), list(sc[:top])))
+        for r, i in enumerate(item_ids):
+            if i in score_of:
+                out[r, a] = score_of[i]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_arm_score_matrix_matches_twin(seed):
+    rng = np.random.default_rng(seed)
+    n_arms = int(rng.integers(1, 9))
+    arm_ids = [rng.choice(60, size=int(rng.integers(0, 40)), replace=False).astype(np.int32) for _ in range(n_arms)]
+    arm_scores = [rng.normal(size=ids.size).astype(np.float32) for ids in arm_ids]
+    top = [None, 5, 20][seed % 3]
+    listed = np.concatenate([ids[:top] for ids in arm_ids] + [np.zeros(0, np.int32)])
+    items = np.concatenate([rng.choice(listed, size=min(5, listed.size)) if listed.size else listed,
+                            rng.integers(0, 60, size=int(rng.integers(0, 30)))]).astype(np.int32)  # repeats too
+    got = arm_score_matrix(arm_ids, arm_scores, items, top)
+    assert got.dtype == np.float32 and got.shape == (items.size, n_arms)
+    np.testing.assert_array_equal(got, _arm_score_matrix_twin(arm_ids, arm_scores, items, top))
+    assert listed.size == 0 or (got != 0).any()
+
+
 def test_arm_score_matrix_repeated_ids():
     # A judged set can list one product twice (two raw search terms normalise to one query).
     ids = np.array([5, 2, 5, 9], dtype=np.int32)
