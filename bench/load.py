@@ -753,6 +753,30 @@ def parse_mix(spec: str) -> tuple[str, list[float]]:
     return name, values
 
 
+def parse_cpus(spec: str) -> set[int]:
+    """CPU numbers from a taskset-style list, e.g. ``"0"``, ``"0,2"``, ``"0-3"``.
+
+    Raises
+    ------
+    ValueError
+        Malformed list, or a CPU this process may not run on (``os.sched_getaffinity(0)``).
+    """
+    cpus: set[int] = set()
+    try:
+        for part in spec.split(","):
+            lo, _, hi = part.strip().partition("-")
+            a, b = int(lo), int(hi) if hi else int(lo)
+            if a < 0 or b < a:
+                raise ValueError
+            cpus.update(range(a, b + 1))
+    except ValueError:
+        raise ValueError(f"CPU list {spec!r}: expected e.g. 0 or 0,2 or 0-3") from None
+    allowed = os.sched_getaffinity(0)
+    if not cpus <= allowed:
+        raise ValueError(f"CPU list {spec!r}: CPUs {sorted(cpus - allowed)} not available (have {sorted(allowed)})")
+    return cpus
+
+
 def build_arg_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -766,6 +790,10 @@ def build_arg_parser() -> argparse.ArgumentParser:
     ap.add_argument("--processes", type=int, default=1, help="with --artifacts (> 1: completion only)")
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="with --artifacts: the server's GIL switch interval (qac serve --switch-interval-ms)")
+    ap.add_argument("--server-cpus", type=str, default=None, metavar="LIST",
+                    help="with --artifacts: run the server (all its processes) on these CPUs only, e.g. 0")
+    ap.add_argument("--client-cpus", type=str, default=None, metavar="LIST",
+                    help="run this load generator on these CPUs only, e.g. 1 (keeps it off the server's cores)")
     ap.add_argument("--mix", action="append", default=[], metavar="NAME=RATE[,RATE...]",
                     help=f"a mix and its offered rates in requests/s (repeat); NAME in {', '.join(MIX_NAMES)}")
     ap.add_argument("--duration", type=float, default=10.0, help="seconds per step (default 10)")
@@ -792,6 +820,10 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("give at least one --mix NAME=RATE[,RATE...]")
         if args.duration <= 0 or args.soak < 0 or args.max_requests < 1 or args.channels < 1 or args.timeout <= 0:
             raise ValueError("--duration, --max-requests, --channels, --timeout must be > 0 and --soak >= 0")
+        server_cpus = parse_cpus(args.server_cpus) if args.server_cpus else None
+        client_cpus = parse_cpus(args.client_cpus) if args.client_cpus else None
+        if server_cpus and not args.artifacts:
+            raise ValueError("--server-cpus needs --artifacts (pin a --target server yourself, e.g. taskset)")
         if args.target:
             check_loopback_target(args.target)
             if not args.server_pid:
@@ -808,21 +840,33 @@ def main(argv: list[str] | None = None) -> int:
     report: dict[str, Any] = {"machine": machine_info(), "config": {
         "mixes": mix_rates, "duration_s": args.duration, "max_requests": args.max_requests, "soak_s": args.soak,
         "channels": args.channels, "timeout_s": args.timeout, "warmup_requests": args.warmup_requests,
-        "seed": args.seed, "argv": list(argv if argv is not None else sys.argv[1:])}, "workload": workload.sources}
+        "seed": args.seed, "argv": list(argv if argv is not None else sys.argv[1:]),
+        "server_cpus": sorted(server_cpus) if server_cpus else None,
+        "client_cpus": sorted(client_cpus) if client_cpus else None}, "workload": workload.sources}
     with tempfile.TemporaryDirectory(prefix="qac-load-") as tmp:
         server = None
         if args.artifacts:
             say(f"starting qac serve --mode {args.mode} --processes {args.processes} on {args.artifacts} ...")
-            server = SpawnedServer(args.artifacts, args.mode, args.max_workers, args.processes,
-                                   Path(tmp) / "state", Path(tmp) / "serve.log",
-                                   switch_interval_ms=args.switch_interval_ms)
+            own = os.sched_getaffinity(0)
+            if server_cpus:  # a child inherits its parent's CPU mask at fork
+                os.sched_setaffinity(0, server_cpus)
+            try:
+                server = SpawnedServer(args.artifacts, args.mode, args.max_workers, args.processes,
+                                       Path(tmp) / "state", Path(tmp) / "serve.log",
+                                       switch_interval_ms=args.switch_interval_ms)
+            finally:
+                os.sched_setaffinity(0, own)
             target, pids = server.target, [server.pid]
             report["server"] = {"command": server.command, "mode": args.mode, "processes": args.processes,
-                                "max_workers": args.max_workers, "switch_interval_ms": args.switch_interval_ms}
+                                "max_workers": args.max_workers, "switch_interval_ms": args.switch_interval_ms,
+                                "cpus": sorted(os.sched_getaffinity(server.pid))}
         else:
             target, pids = args.target, args.server_pid
             report["server"] = {"target": target, "pids": pids}
         check_loopback_target(target)
+        if client_cpus:
+            os.sched_setaffinity(0, client_cpus)
+        report["config"]["client_cpus_in_effect"] = sorted(os.sched_getaffinity(0))
         say(f"target {target}, server pids {process_tree(pids)}, load average {os.getloadavg()}")
         loop = new_event_loop()
         try:

@@ -85,6 +85,21 @@ def test_bad_mix_specs(spec, message):
         load.parse_mix(spec)
 
 
+@pytest.mark.parametrize("spec, message", [
+    ("", "expected"), ("a", "expected"), ("3-1", "expected"), ("-1", "expected"), ("0,", "expected"),
+    ("4096", "not available"),
+])
+def test_bad_cpu_lists(spec, message):
+    with pytest.raises(ValueError, match=message):
+        load.parse_cpus(spec)
+
+
+def test_cpu_lists():
+    first = min(os.sched_getaffinity(0))
+    assert load.parse_cpus(str(first)) == {first}
+    assert load.parse_cpus(f"{first}-{first},{first}") == {first}
+
+
 def test_mix_spec():
     assert load.parse_mix("search_aol=200,50,50") == ("search_aol", [50.0, 200.0])
 
@@ -321,6 +336,31 @@ def test_echo_and_the_load_test_against_a_real_server(artifacts, tmp_path, small
         assert report["machine"]["cpu_count"] >= 1 and "loadavg_1m" in report["machine"]
     finally:
         assert server.terminate() == 0
+
+
+def test_spawned_server_and_client_run_on_the_cpus_given(artifacts, tmp_path, small_log):
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu, client_cpu = cpus[0], cpus[-1]
+    out = tmp_path / "load.json"
+    own = os.sched_getaffinity(0)
+    try:
+        code = load.main(["--artifacts", str(artifacts), "--server-cpus", str(server_cpu),
+                          "--client-cpus", str(client_cpu), "--mix", "echo=40", "--duration", "0.25",
+                          "--warmup-requests", "2", "--log", str(small_log), "--max-points", "100",
+                          "--json", str(out)])
+    finally:
+        os.sched_setaffinity(0, own)  # main() pinned this (the test) process
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["server"]["cpus"] == [server_cpu] and report["server"]["exit_code"] == 0
+    assert report["config"]["client_cpus_in_effect"] == [client_cpu]
+    assert [r["n_ok"] for r in report["steps"]] == [10]
+
+
+def test_server_cpus_need_a_spawned_server(tmp_path, capsys):
+    code = load.main(["--target", "127.0.0.1:1", "--server-pid", str(os.getpid()), "--server-cpus", "0",
+                      "--mix", "echo=10", "--json", str(tmp_path / "r.json")])
+    assert code == 2 and "--server-cpus needs --artifacts" in capsys.readouterr().err
 
 
 def test_processes_share_one_port_and_serve_completion_only(artifacts, tmp_path):
