@@ -251,18 +251,37 @@ class Pipeline:
         """Running fraction of feedback events whose clicked item was in each arm's list (smoothed)."""
         return ((self.hits + 1.0) / (self.n_feedback + 2.0)).astype(np.float32)
 
+    def pool_depths(self) -> dict[str, int]:
+        """How deep the pooling arms (those with ``retrieve_pooled``) read each sibling arm's list:
+        ``{arm name: depth}``, the deepest any of them asks (``arm.pool_depths()``)."""
+        deepest: dict[str, int] = {}
+        for arm in self.arms:
+            if getattr(arm, "retrieve_pooled", None) is not None:
+                for name, d in arm.pool_depths().items():
+                    deepest[name] = max(deepest.get(name, 0), int(d))
+        return deepest
+
     def retrieve(self, query: str, context: Context, budget: int, rng: np.random.Generator) -> "Retrieval":
-        """Every arm's list, the policy's allocation and the candidate union for a normalised query."""
+        """Every arm's list, the policy's allocation and the candidate union for a normalised query.
+
+        Each arm is asked once per request: an arm that a pooling arm (the AOL stack, the Home Depot
+        fusion) reads deeper than the request's depth is asked at the deeper depth, the pooling arm
+        gets that list, and the request keeps its head (arms return their best first, ties by id,
+        so the head equals asking for fewer)."""
         arm_ids, arm_scores = [], []
         depth = self.arm_depth(budget)
+        deeper = self.pool_depths()
         retrieved: dict = {}
         for arm in self.arms:
-            pooled = getattr(arm, "retrieve_pooled", None)  # an arm over earlier arms' lists (stack)
+            pooled = getattr(arm, "retrieve_pooled", None)  # an arm over earlier arms' lists
             if pooled is not None:
                 ids, sc = pooled(query, context, depth, retrieved)
             else:
-                ids, sc = arm.retrieve(query, context, depth)
-            retrieved[arm.name] = (ids, sc)
+                asked = max(depth, deeper.get(arm.name, 0))
+                ids, sc = arm.retrieve(query, context, asked)
+                retrieved[arm.name] = (arm, ids, sc, asked)
+                if asked > depth:
+                    ids, sc = ids[:depth], sc[:depth]
             arm_ids.append(ids)
             arm_scores.append(sc)
         x = self.context_x(query, context)

@@ -49,7 +49,7 @@ def test_learned_fusion_is_served_with_the_shared_chargram(hd_slice):
     fusion = ce.engine.arms[names.index("fusion")]
     assert fusion.scorer is not None and fusion.same_as == [None, "chargram"]
     assert fusion.arms[1] is ce.engine.arms[names.index("chargram")]
-    assert ce.engine.arms[names.index("chargram")].memo_depth == fusion.depth
+    assert ce.engine.pool_depths() == {"chargram": fusion.depth}
     assert ce.engine.policy.config.ridge == 1000.0
 
 

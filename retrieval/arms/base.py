@@ -22,7 +22,7 @@ from typing import Mapping, Protocol, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Context", "Arm", "OnlineArm", "check_n", "empty_result", "EMPTY_CONTEXT"]
+__all__ = ["Context", "Arm", "OnlineArm", "check_n", "empty_result", "pooled_list", "EMPTY_CONTEXT"]
 
 _EMPTY_IDS = np.zeros(0, dtype=np.int32)
 _EMPTY_SCORES = np.zeros(0, dtype=np.float32)
@@ -101,6 +101,22 @@ def check_query(query) -> str:
 def empty_result() -> tuple[np.ndarray, np.ndarray]:
     """Two empty arrays ``(int32 ids, float32 scores)`` (shared, read-only)."""
     return _EMPTY_IDS, _EMPTY_SCORES
+
+
+def pooled_list(retrieved: Mapping[str, tuple], arm: "Arm", query: str, context: "Context",
+                depth: int) -> tuple[np.ndarray, np.ndarray]:
+    """A sibling ``arm``'s top ``depth`` for a pooling arm (the AOL stack, the Home Depot fusion).
+
+    ``retrieved`` maps an arm name to ``(arm, ids, scores, asked)``: the lists the pipeline already
+    has for this request (``retrieval.pipeline.Pipeline.retrieve``), each asked ``asked`` deep.
+    When the entry is this very arm and was asked at least ``depth`` deep, its head is returned (an
+    arm's top ``depth`` is the head of its top ``asked``: best first, ties by id); otherwise the arm
+    is asked now. Returns ``(ids int32 (<= depth,), scores float32 (<= depth,))``.
+    """
+    got = retrieved.get(arm.name)
+    if got is not None and got[0] is arm and got[3] >= depth:
+        return got[1][:depth], got[2][:depth]
+    return arm.retrieve(query, context, depth)
 
 
 class Arm(abc.ABC):

@@ -24,7 +24,6 @@ n-grams), then one numba kernel accumulates the dot products and selects the top
 """
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from dataclasses import asdict, dataclass
 from typing import Mapping, Sequence
@@ -138,11 +137,6 @@ class CharGramArm(Arm):
         self.postings_data = postings_data
         self._n_items = int(n_items)
         self._scratch = ScratchPool(self._n_items)
-        # Per-thread memo of the last query's top ``memo_depth`` (0 = off): when one request reads this
-        # arm twice (standalone and inside the learned fusion arm, which shares it), the trigram
-        # accumulation runs once. Results are exact either way (selection is exact, ties by id).
-        self.memo_depth = 0
-        self._memo = threading.local()
 
     # ---- build / persistence -------------------------------------------------------------------
     @classmethod
@@ -272,19 +266,6 @@ class CharGramArm(Arm):
         check_query(query)
         if n == 0:
             return empty_result()
-        if not self.memo_depth:
-            return self._top(query, n)
-        last = getattr(self._memo, "last", None)
-        if last is None or last[0] != query or (last[1] < n and last[2].size == last[1]):
-            depth = max(n, self.memo_depth)
-            ids, scores = self._top(query, depth)
-            ids.setflags(write=False)
-            scores.setflags(write=False)
-            last = (query, depth, ids, scores)
-            self._memo.last = last
-        return last[2][:n], last[3][:n]
-
-    def _top(self, query: str, n: int) -> tuple[np.ndarray, np.ndarray]:
         gram_ids, weights = self.query_vector(query)
         if gram_ids.size == 0:
             return empty_result()

@@ -39,7 +39,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from retrieval.arms import _kernels
-from retrieval.arms.base import Arm, Context, EMPTY_CONTEXT, ScratchPool, check_n, check_query, empty_result
+from retrieval.arms.base import (
+    Arm, Context, EMPTY_CONTEXT, ScratchPool, check_n, check_query, empty_result, pooled_list,
+)
 
 __all__ = ["FusionArm", "PoolScorer", "build_fusion_arm", "build_learned_fusion_arm", "expand_texts",
            "item_prior", "pool_features", "PRIOR_NAMES"]
@@ -116,13 +118,14 @@ class FusionArm(Arm):
                 raise ValueError(f"scorer: expects {scorer.n_sub_arms} sub-arms, got {len(arms)}")
         self.scorer = scorer
         self.same_as = [None] * len(arms) if same_as is None else list(same_as)
+        self._bound: set[int] = set()  # sub-arms that are served arms (bind)
         if len(self.same_as) != len(arms):
             raise ValueError(f"same_as: need {len(arms)} entries, got {len(self.same_as)}")
 
     def bind(self, arms: Sequence[Arm]) -> "FusionArm":
-        """Serve sub-arm i with the catalogue arm named ``same_as[i]`` (when given and present) and
-        let that arm remember its last query's top ``depth`` (``memo_depth``), so the trigram list
-        the pipeline reads for the standalone arm is not computed a second time here.
+        """Serve sub-arm i with the catalogue arm named ``same_as[i]`` (when given and present), so
+        one request computes that list once: the pipeline asks the served arm ``depth`` deep
+        (:meth:`pool_depths`) and hands the list to :meth:`retrieve_pooled`.
 
         Raises
         ------
@@ -138,9 +141,12 @@ class FusionArm(Arm):
                 raise ValueError(f"same_as[{i}]: arm {name!r} is not a {type(self.arms[i]).__name__} "
                                  f"over {self._n_items} items")
             self.arms[i] = other
-            if hasattr(other, "memo_depth"):
-                other.memo_depth = max(other.memo_depth, self.depth)
+            self._bound.add(i)
         return self
+
+    def pool_depths(self) -> dict[str, int]:
+        """``{served arm name: depth}`` for the sub-arms :meth:`bind` swapped for served arms."""
+        return {self.arms[i].name: self.depth for i in sorted(self._bound)}
 
     @property
     def n_items(self) -> int:
@@ -193,17 +199,29 @@ class FusionArm(Arm):
     def retrieve(self, query: str, context: Context = EMPTY_CONTEXT, n: int = 100) -> tuple[np.ndarray, np.ndarray]:
         """Top ``n`` items by fused reciprocal rank, or by the learned scorer over the pool when the
         arm has one (see :meth:`Arm.retrieve` for the contract)."""
+        return self.retrieve_pooled(query, context, n, {})
+
+    def retrieve_pooled(self, query: str, context: Context, n: int,
+                        retrieved: Mapping[str, tuple]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`retrieve` reusing served sub-arms' lists of the same request (``retrieved``: the
+        pipeline's ``{name: (arm, ids, scores, asked depth)}``, :func:`retrieval.arms.base.pooled_list`)."""
         n = check_n(n)
         check_query(query)
         if n == 0:
             return empty_result()
         if self.scorer is not None:
             # The pool depth stays fixed, so a shorter request is a prefix of a longer one.
-            return self._retrieve_learned(query, context, n, self.depth)
+            lists = [pooled_list(retrieved, arm, query, context, self.depth) for arm in self.arms]
+            ids, X = pool_features(query, lists, self.scorer.text_index, self.scorer.prior, self.k)
+            if ids.size == 0:
+                return empty_result()
+            scores = self.scorer.score(X)
+            order = np.lexsort((ids, -scores))[:n]
+            return ids[order], scores[order]
         depth = max(n, self.depth)
         # Each sub-arm's list is one "term" of a tiny inverted index whose posting values are
         # 1 / (k + rank); the fused score is then the weighted sparse dot product.
-        lists = [arm.retrieve(query, context, depth)[0] for arm in self.arms]
+        lists = [pooled_list(retrieved, arm, query, context, depth)[0] for arm in self.arms]
         sizes = np.array([ids.size for ids in lists], dtype=np.int64)
         if not sizes.any():
             return empty_result()
@@ -213,15 +231,6 @@ class FusionArm(Arm):
         scratch, touched = self._scratch.get()
         return _kernels.dot_top_n(self._list_ids, self._weights, ptr, np.concatenate(lists),
                                   rrf.astype(np.float32), scratch, touched, n)
-
-    def _retrieve_learned(self, query: str, context: Context, n: int, depth: int):
-        lists = [arm.retrieve(query, context, depth) for arm in self.arms]
-        ids, X = pool_features(query, lists, self.scorer.text_index, self.scorer.prior, self.k)
-        if ids.size == 0:
-            return empty_result()
-        scores = self.scorer.score(X)
-        order = np.lexsort((ids, -scores))[:n]
-        return ids[order], scores[order]
 
     def warmup(self) -> None:
         """Warm every sub-arm, the fusion kernel and the scorer's feature kernels on the served arrays."""

@@ -39,7 +39,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from retrieval.arms.base import Arm, Context, EMPTY_CONTEXT, check_n, check_query, empty_result
+from retrieval.arms.base import Arm, Context, EMPTY_CONTEXT, check_n, check_query, empty_result, pooled_list
 
 __all__ = ["StackedFusionArm", "STACK_SUB_ARMS", "pool_features", "feature_names", "replay_contexts",
            "replay_pools", "build_stacked_fusion_arm"]
@@ -203,26 +203,23 @@ class StackedFusionArm(Arm):
         """Top ``n`` pool items by the model's score (ties by item id), see :meth:`Arm.retrieve`."""
         return self.retrieve_pooled(query, context, n, {})
 
+    def pool_depths(self) -> dict[str, int]:
+        """``{sibling arm name: depth}`` this arm reads (the pipeline asks those arms that deep)."""
+        return {name: self.depth for name in self.sub_arms}
+
     def retrieve_pooled(self, query: str, context: Context, n: int,
                         retrieved: Mapping[str, tuple]) -> tuple[np.ndarray, np.ndarray]:
-        """:meth:`retrieve` reusing the sub-arms' lists of the same request: ``retrieved`` maps an
-        arm name to its ``retrieve(query, context, n)`` (the pipeline's, earlier in the same call).
-        With ``n >= self.depth`` each list's head is the sub-arm's top ``self.depth`` (arms return
-        their best first, ties by item id), so nothing is retrieved twice; otherwise, or for a
-        sub-arm not in ``retrieved``, the sub-arm is asked again."""
+        """:meth:`retrieve` reusing the sub-arms' lists of the same request (``retrieved``: the
+        pipeline's ``{name: (arm, ids, scores, asked depth)}``, see
+        :func:`retrieval.arms.base.pooled_list`); a sub-arm whose list is missing or too short is
+        asked again."""
         n = check_n(n)
         check_query(query)
         if self.arms is None:
             raise RuntimeError("StackedFusionArm.retrieve before bind(arms)")
         if n == 0:
             return empty_result()
-        lists = []
-        for arm in self.arms:
-            got = retrieved.get(arm.name) if n >= self.depth else None
-            if got is None:
-                lists.append(arm.retrieve(query, context, self.depth))
-            else:
-                lists.append((got[0][:self.depth], got[1][:self.depth]))
+        lists = [pooled_list(retrieved, arm, query, context, self.depth) for arm in self.arms]
         ids, X = pool_features(query, context, self.arms, self.depth, self.k, lists)
         if ids.size == 0:
             return empty_result()

@@ -48,25 +48,6 @@ class TestCharGramContract(ArmContract):
         return CharGramArm.build(CORPUS), ["tiolet tank", "deckpaint", "bracket", "a"]
 
 
-class TestCharGramMemoContract(ArmContract):
-    def make_arm(self):
-        arm = CharGramArm.build(CORPUS)
-        arm.memo_depth = 3
-        return arm, ["tiolet tank", "deckpaint", "bracket", "a"]
-
-
-def test_memo_equals_plain_retrieval():
-    plain, memo = CharGramArm.build(CORPUS), CharGramArm.build(CORPUS)
-    memo.memo_depth = 4
-    sequence = [("tiolet tank", 2), ("tiolet tank", 4), ("tiolet tank", 1), ("tiolet tank", 9), ("bracket", 3),
-                ("bracket", 3), ("tiolet tank", 3), ("zzqq", 5), ("zzqq", 2), ("bracket", 20), ("bracket", 0)]
-    for q, n in sequence:
-        a, b = plain.retrieve(q, Context(), n), memo.retrieve(q, Context(), n)
-        np.testing.assert_array_equal(a[0], b[0])
-        np.testing.assert_array_equal(a[1], b[1])
-        assert b[0].dtype == np.int32 and b[1].dtype == np.float32
-
-
 INVALID_CONFIG = [
     ({"ngram_min": 0}, r"ngram_min must be in \[1, 8\]"),
     ({"ngram_max": 9}, r"ngram_max must be in \[1, 8\]"),

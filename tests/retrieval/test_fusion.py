@@ -166,14 +166,24 @@ def test_shared_chargram_gives_the_same_lists():
     again = FusionArm.from_arrays(params, arrays)
     assert again.same_as == [None, "chargram"] and again.arms[1] is not standalone
     served = CharGramArm.from_arrays(*standalone.to_arrays())
+    assert again.pool_depths() == {}
     again.bind([BM25Arm.build(CORPUS), served, again])
-    assert again.arms[1] is served and served.memo_depth == 5
+    assert again.arms[1] is served and again.pool_depths() == {"chargram": 5}
     for query in QUERIES:
         for n in (1, 3, 10):
-            served.retrieve(query, Context(), 2)  # the pipeline reads the standalone arm first
             a, b = own.retrieve(query, Context(), n), again.retrieve(query, Context(), n)
             assert a[0].tolist() == b[0].tolist()
             np.testing.assert_allclose(a[1], b[1], rtol=1e-6)
+            # The pipeline's list of the served arm (asked 5 deep) is used, not recomputed.
+            retrieved = {"chargram": (served, *served.retrieve(query, Context(), 5), 5)}
+            calls = []
+            real = served.retrieve
+            served.retrieve = lambda *args: calls.append(args) or real(*args)
+            try:
+                c = again.retrieve_pooled(query, Context(), n, retrieved)
+            finally:
+                del served.retrieve
+            assert calls == [] and c[0].tolist() == a[0].tolist()
 
 
 def test_bind_rejects_another_kind():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from retrieval.arms.chargram import CharGramArm
 from retrieval.arms.history import build_history_arm
 from retrieval.arms.memory import build_memory_arm
 from retrieval.arms.popularity import PopularityArm
+from retrieval.pipeline import Pipeline
 from retrieval.arms.stack import (
     StackedFusionArm, build_stacked_fusion_arm, feature_names, pool_features, replay_contexts, replay_pools,
 )
@@ -127,7 +129,7 @@ def test_retrieve_pooled_reuses_the_requests_lists_and_equals_retrieve():
         n = arm.depth + 4
         want = arm.retrieve(q, ctx, n)
         calls.clear()
-        lists = {a.name: a.retrieve(q, ctx, n) for a in arms}
+        lists = {a.name: (a, *a.retrieve(q, ctx, n), n) for a in arms}
         calls.clear()
         got = arm.retrieve_pooled(q, ctx, n, lists)
         assert calls == [] and got[0].tolist() == want[0].tolist()
@@ -136,10 +138,15 @@ def test_retrieve_pooled_reuses_the_requests_lists_and_equals_retrieve():
         got = arm.retrieve_pooled(q, ctx, n, {})
         assert sorted(calls) == sorted(a.name for a in arms) and got[0].tolist() == want[0].tolist()
         calls.clear()
-        short = {name: (ids[:2], sc[:2]) for name, (ids, sc) in lists.items()}
+        short = {name: (a, ids[:2], sc[:2], 2) for name, (a, ids, sc, _) in lists.items()}
         got = arm.retrieve_pooled(q, ctx, 2, short)
         assert sorted(calls) == sorted(a.name for a in arms)
         assert got[0].tolist() == arm.retrieve(q, ctx, 2)[0].tolist()
+        # Another object under a sibling's name (e.g. an arm's own copy) is never taken for it.
+        calls.clear()
+        copies = {name: (object(), ids, sc, asked) for name, (a, ids, sc, asked) in lists.items()}
+        arm.retrieve_pooled(q, ctx, n, copies)
+        assert sorted(calls) == sorted(a.name for a in arms)
 
 
 def test_builder_replays_the_last_week_through_earlier_arms():
@@ -239,3 +246,36 @@ class TestStackContract(ArmContract):
                 a, b = arm.retrieve(q, CONTEXT, n), twin.retrieve(q, CONTEXT, n)
                 np.testing.assert_array_equal(a[0], b[0])
                 np.testing.assert_array_equal(a[1], b[1])
+
+
+class _FixedAllocation(Pipeline):
+    """The pipeline's own flow with a trivial policy (one candidate per arm): enough to watch retrieve."""
+
+    def context_x(self, query, context):
+        return np.zeros(1, dtype=np.float32)
+
+    def arm_x(self, arm_ids, arm_scores, budget):
+        return np.zeros((len(arm_ids), 1), dtype=np.float32)
+
+    def decide(self, x, arm_x, budget, rng):
+        return SimpleNamespace(allocation=np.ones(len(self.arms), dtype=np.int64))
+
+
+@pytest.mark.parametrize("budget", [2, 4, 9])  # below, at and above the pool depth (4)
+def test_pipeline_asks_each_arm_once_and_keeps_the_requests_head(budget):
+    arm, arms = fitted()
+    arm.bind(arms)
+    pipe = _FixedAllocation(arms + [arm], policy=None, ranker=None)
+    assert pipe.pool_depths() == {a.name: arm.depth for a in arms}
+    asked = []
+    for a in arms:
+        a.retrieve = (lambda f, name: (lambda q, c, n: asked.append((name, n)) or f(q, c, n)))(a.retrieve, a.name)
+    for q in ["google", "weather", "maps", "shopping books", "zzz"]:
+        ctx = Context(user_id="u3", timestamp=T0 + 15 * DAY)
+        want = [a.retrieve(q, ctx, budget) for a in arms] + [arm.retrieve(q, ctx, budget)]
+        asked.clear()
+        r = pipe.retrieve(q, ctx, budget, np.random.default_rng(0))
+        assert asked == [(a.name, max(budget, arm.depth)) for a in arms]
+        for (ids, sc), got_ids, got_sc in zip(want, r.arm_ids, r.arm_scores):
+            assert got_ids.tolist() == ids.tolist()
+            np.testing.assert_allclose(got_sc, sc, rtol=1e-6)
