@@ -618,11 +618,13 @@ def _ms(v: float | None) -> str:
 # ----------------------------------------------------------------------------------- the server
 
 class SpawnedServer:
-    """``python -m serving.cli serve`` started by the benchmark on a free loopback port."""
+    """``python -m serving.cli serve`` (or ``module``'s) started by the benchmark on a free loopback port."""
 
     def __init__(self, artifacts: Path, mode: str, max_workers: int, processes: int, state_dir: Path,
-                 log_path: Path, start_timeout_s: float = 300.0, switch_interval_ms: float | None = None):
-        self.command = [sys.executable, "-m", "serving.cli", "serve", "--artifacts", str(artifacts),
+                 log_path: Path, start_timeout_s: float = 300.0, switch_interval_ms: float | None = None,
+                 module: str = "serving.cli"):
+        # ``module``: what runs ``serve ARGS`` (``bench.rpc_cost`` wraps the CLI to time its handlers).
+        self.command = [sys.executable, "-m", module, "serve", "--artifacts", str(artifacts),
                         "--host", "127.0.0.1", "--port", "0", "--mode", mode, "--max-workers", str(max_workers),
                         "--processes", str(processes), "--state", str(state_dir)]
         if switch_interval_ms is not None:

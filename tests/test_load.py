@@ -378,3 +378,34 @@ def test_processes_share_one_port_and_serve_completion_only(artifacts, tmp_path)
         assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
     finally:
         assert server.terminate() == 0
+
+
+# ------------------------------------------------------------------------------- bench.rpc_cost
+
+def test_rpc_cost_times_the_handlers_of_a_real_server(artifacts, tmp_path, small_log, capsys):
+    from bench import rpc_cost
+
+    out = tmp_path / "cost.json"
+    code = rpc_cost.main(["--artifacts", str(artifacts), "--rpcs", "echo,complete", "--n", "30", "--warmup", "5",
+                          "--log", str(small_log), "--json", str(out)])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["server"]["exit_code"] == 0 and set(report["rpcs"]) == {"echo", "complete"}
+    echo, complete = report["rpcs"]["echo"], report["rpcs"]["complete"]
+    assert echo["latency_ms"]["n"] == complete["latency_ms"]["n"] == 30
+    assert "handler_thread_cpu_ms" not in echo  # no handler of ours behind Echo
+    handler = complete["handler_thread_cpu_ms"]
+    assert handler["n"] == 30 and 0 < handler["p50"] <= handler["p99"]
+    assert complete["server_cpu_ms_per_request"] >= 0 and "handler thread CPU" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rpcs", "bogus"], "unknown"),
+    (["--n", "0"], "--n must be"),
+    (["--server-cpus", "x"], "CPU list"),
+])
+def test_rpc_cost_bad_arguments(artifacts, args, message, capsys):
+    from bench import rpc_cost
+
+    assert rpc_cost.main(["--artifacts", str(artifacts), *args]) == 2
+    assert message in capsys.readouterr().err
