@@ -132,6 +132,7 @@ def pool_features(query: str, context: Context, arms: Sequence[Arm], depth: int,
         start += la_n
     c = 3 * n_sub
     query_clicks = user_items = 0.0
+    X[:, c + 10] = math.log1p(_NEVER)  # no history arm: no click of the user's is known
     for arm in arms:
         if arm.name == "popularity":
             X[:, c] = np.log1p(np.asarray(arm.scores, dtype=np.float64)[ids])

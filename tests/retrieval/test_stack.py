@@ -183,6 +183,13 @@ def test_replay_times_the_users_clicks_and_repeated_queries():
     assert [float(r[rep]) for r in clicked] == [0.0, 1.0, 1.0]
 
 
+def test_without_a_history_arm_no_user_click_is_known():
+    arms = tiny_arms(EVENTS, with_user_arms=False)
+    ids, X = pool_features("google", CONTEXT, arms, 4, 10.0)
+    col = feature_names([a.name for a in arms]).index("log_seconds_since_user_click")
+    assert ids.size > 0 and np.all(X[:, col] == np.float32(math.log1p(1e9)))
+
+
 def test_replay_contexts_follow_sessions():
     evs = [QueryEvent("u", "a", 100, ()), QueryEvent("u", "b", 200, ()), QueryEvent("u", "c", 5000, ()),
            QueryEvent("v", "d", 210, ())]
