@@ -2,7 +2,7 @@
 
 Usage::
 
-    /work/venv/bin/python -m bench.bandit_sim --cache runs/dev/bc_test.npz [--budget 20] [--kinds joint,...]
+    /work/venv/bin/python -m bench.bandit_sim --cache runs/dev/bc_test.npz [--budget 20] [--kinds joint,...] [--ridge 1000]
 
 For each query event in time order: the arms' lists truncated to the budget (what the arms return at
 that budget), the pipeline's features, ``policy.decide``, the reward of every click (the clicked item
@@ -130,6 +130,8 @@ def main(argv=None) -> None:
     ap.add_argument("--budget", type=int, default=20)
     ap.add_argument("--kinds", default="joint")
     ap.add_argument("--no-fill", action="store_true", help="plain prefix unions (before fill_depths)")
+    ap.add_argument("--ridge", type=float, default=None,
+                    help="the policy's ridge (default: PolicyConfig's; the AOL build uses 1000)")
     args = ap.parse_args(argv)
     cache = load_cache(args.cache)
     rec, hit = fixed_table(cache, args.budget)
@@ -139,7 +141,8 @@ def main(argv=None) -> None:
           f"per-click oracle {hit.any(axis=1).mean():.4f}")
     n_arms = cache["ids"].shape[1]
     for kind in args.kinds.split(","):
-        res = run(cache, lambda: build_policy(PolicyConfig(kind=kind), n_arms, len(CONTEXT_FEATURES),
+        cfg = PolicyConfig(kind=kind) if args.ridge is None else PolicyConfig(kind=kind, ridge=args.ridge)
+        res = run(cache, lambda: build_policy(cfg, n_arms, len(CONTEXT_FEATURES),
                                               len(ARM_FEATURES)), args.budget, fill=not args.no_fill)
         print(f"{kind}: recall@{args.budget} {res['recall']:.4f} ({res['seconds']:.1f} s)")
 

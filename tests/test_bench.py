@@ -175,3 +175,29 @@ def test_quality_never_rebuilds_a_given_search_artifact(tiny_split, tmp_path):
     assert rc == 0
     assert {f.name: f.stat().st_mtime_ns for f in given.iterdir()} == before
     assert (tmp_path / "art" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize("key,name", [("bankofamerica.com", "bankofamerica"), ("en.wikipedia.org", "wikipedia"),
+                                      ("bbc.co.uk", "bbc"), ("my-site.net/a/b", "mysite"), ("localhost", "localhost"),
+                                      ("", "")])
+def test_stack_pools_site_name(key, name):
+    from bench.stack_pools import site_name
+
+    assert site_name(key) == name
+
+
+def test_stack_pools_columns_equal_slow_twins():
+    from bench.stack_pools import _pool_max_columns, _site_name_columns
+
+    X = np.array([[1.0, 5.0], [3.0, 2.0], [7.0, 7.0], [0.5, 9.0]], dtype=np.float32)
+    ptr = np.array([0, 2, 2, 4])  # an empty pool in the middle
+    got = _pool_max_columns(X, ptr, [0, 1])
+    want = [[1 - 3, 5 - 5], [3 - 3, 2 - 5], [7 - 7, 7 - 9], [0.5 - 7, 9 - 9]]
+    np.testing.assert_allclose(got, want)
+    names = ["bankofamerica", "america", "ba", "boa"]
+    cols = _site_name_columns(["bank of america", "x"], np.array([0, 1, 2, 3, 0]), np.array([0, 4, 5]), names)
+    np.testing.assert_allclose(cols[0], [1, 1, 1, 1, 0])              # the query's own site
+    np.testing.assert_allclose(cols[1], [0, 0, 1, 0, 0])              # "america" inside the query
+    np.testing.assert_allclose(cols[2], [0, 0, 0, 2 / 13, 0])         # too short to count as inside
+    np.testing.assert_allclose(cols[3], [0, 0, 0, 1 / 13, 1])         # the query's initials
+    np.testing.assert_allclose(cols[4], [0, 0, 0, 0, 0])

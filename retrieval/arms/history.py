@@ -129,6 +129,15 @@ class UserHistoryArm(OnlineClickArm):
             return empty_result()
         return self.users.counts(context.user_id, self._time(context))
 
+    def seconds_since_clicks(self, context: Context) -> tuple[np.ndarray, np.ndarray]:
+        """``context.user_id``'s clicked items and the seconds from the latest click on each to
+        ``context.timestamp`` (the arm's clock when 0), clipped at 0: ids int32 ascending and float64,
+        both (m,); empty for an anonymous or unknown user."""
+        if not context.user_id:
+            return empty_result()[0], np.zeros(0, dtype=np.float64)
+        ids, last = self.users.last_times(context.user_id)
+        return ids, np.maximum(self._time(context) - last, 0).astype(np.float64)
+
     def warmup(self) -> None:
         """No kernels; touches the lookup path once."""
         self.retrieve("", Context(), 1)

@@ -285,6 +285,27 @@ class DecayedPostings:
         order = np.argsort(ids, kind="stable")
         return ids[order], vals[order]
 
+    def last_times(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """Items of ``key`` and the time of their latest click: (int32 (m,) ascending, int64 (m,) seconds)."""
+        r = self._row.get(key)
+        online = self.online.get(key)
+        if r is not None:
+            a, b = int(self.post_ptr[r]), int(self.post_ptr[r + 1])
+            items, times = self.post_items[a:b], self.post_time[a:b]
+            if not online:
+                return items, times
+            merged = dict(zip(items.tolist(), times.tolist()))
+        elif online:
+            merged = {}
+        else:
+            return _EMPTY_IDS, np.zeros(0, dtype=np.int64)
+        for item, (_, last) in online.items():
+            merged[item] = max(merged.get(item, last), last)
+        ids = np.fromiter(merged.keys(), dtype=np.int32, count=len(merged))
+        times = np.fromiter(merged.values(), dtype=np.int64, count=len(merged))
+        order = np.argsort(ids, kind="stable")
+        return ids[order], times[order]
+
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The online delta as flat arrays (keys sorted, items ascending), same names as offline."""
         keys = sorted(self.online)

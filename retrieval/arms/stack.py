@@ -18,7 +18,11 @@ Features of a pool item (:func:`pool_features`, one function for training and se
   listing the item;
 - query/context: number of words, ``log1p`` of the query's length in characters, ``log1p`` of the
   query's observed clicks in the memory index, ``log1p`` of the user's clicked sites, the session
-  position (so the trees can learn which arm to trust in which regime).
+  position (so the trees can learn which arm to trust in which regime);
+- ``log1p`` of the seconds since the user's latest click on the item (user history arm; ``1e9`` when
+  never clicked) and whether the session already issued this query (a user back on the same results
+  page a minute later, against a site last visited weeks ago). A model fitted before these two
+  columns (an older artifact) is scored on the columns before them.
 
 The model is the exported gradient-boosted trees of :class:`retrieval.ranker.Ranker` (pointwise,
 label 1 for a clicked pool item), fitted on pools replayed from the *last week of the training log*
@@ -31,6 +35,14 @@ fitted on 05-04..10 through arms built before 05-04), recall@20 of the arm alone
 0.5484 (depth 50); with the previous-query column 0.5501, adopted; 200 trees 0.5481, 63 leaves
 0.5481, the ranker's (query, URL text) block 0.5497 (not adopted); pool depth 100 0.5513 for twice
 the rows (not adopted). Best single arm (BM25) 0.5086, all depth-50 pools' union 0.629.
+Second round (same split; pools cached once with :func:`replay_pools`, trees refitted on the
+cache; README "Stacked fusion arm"): user recency + repeated query 0.5507, adopted (fitted on
+04-27..05-03 and scored on 05-04..10: 0.6173 vs 0.6170 of that week's catalogue clicks). Not
+adopted: the site's clicks since the build and the clicks of the session's two queries before the
+previous one 0.5495; training on the last two / three weeks, each through arms built before it,
+0.5491 / 0.5500; site-name match columns (query without spaces equal to / inside the site's name,
+name inside the query, common prefix, initials) 0.5504, 0.5509 with the adopted columns; the
+pool's max subtracted from six columns 0.5502; log-loss trees 0.5240.
 """
 from __future__ import annotations
 
@@ -47,7 +59,12 @@ __all__ = ["StackedFusionArm", "STACK_SUB_ARMS", "pool_features", "feature_names
 STACK_SUB_ARMS = ("bm25", "chargram", "memory", "semantic", "popularity", "history")
 _PER_ARM = ("rr", "rel", "log_score")
 _EXTRA = ("log_popularity", "log_query_item_clicks", "log_user_item_clicks", "log_previous_query_item_clicks",
-          "n_lists", "n_words", "log_query_chars", "log_query_clicks", "log_user_items", "session_position")
+          "n_lists", "n_words", "log_query_chars", "log_query_clicks", "log_user_items", "session_position",
+          "log_seconds_since_user_click", "repeated_query")
+# Columns appended after the first artifacts: a model fitted without them (an older artifact) is
+# scored on the columns before them.
+_N_ADDED = 2
+_NEVER = 1e9  # seconds since a click that never happened (about 32 years)
 
 
 def feature_names(sub_arms: Sequence[str]) -> list[str]:
@@ -55,9 +72,9 @@ def feature_names(sub_arms: Sequence[str]) -> list[str]:
     return [f"{a}:{f}" for a in sub_arms for f in _PER_ARM] + list(_EXTRA)
 
 
-def _lookup(keys: np.ndarray, values: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """``values`` at ``ids`` for ascending ``keys`` (0 where an id is not a key), float64 (m,)."""
-    out = np.zeros(ids.size, dtype=np.float64)
+def _lookup(keys: np.ndarray, values: np.ndarray, ids: np.ndarray, fill: float = 0.0) -> np.ndarray:
+    """``values`` at ``ids`` for ascending ``keys`` (``fill`` where an id is not a key), float64 (m,)."""
+    out = np.full(ids.size, fill, dtype=np.float64)
     if keys.size == 0 or ids.size == 0:
         return out
     j = np.minimum(np.searchsorted(keys, ids), keys.size - 1)
@@ -115,6 +132,7 @@ def pool_features(query: str, context: Context, arms: Sequence[Arm], depth: int,
         start += la_n
     c = 3 * n_sub
     query_clicks = user_items = 0.0
+    X[:, c + 10] = math.log1p(_NEVER)  # no history arm: no click of the user's is known
     for arm in arms:
         if arm.name == "popularity":
             X[:, c] = np.log1p(np.asarray(arm.scores, dtype=np.float64)[ids])
@@ -129,12 +147,15 @@ def pool_features(query: str, context: Context, arms: Sequence[Arm], depth: int,
             keys, counts = arm.user_items(context)
             X[:, c + 2] = np.log1p(_lookup(keys, counts, ids))
             user_items = float(keys.size)
+            keys, ago = arm.seconds_since_clicks(context)
+            X[:, c + 10] = np.log1p(_lookup(keys, ago, ids, fill=_NEVER))
     X[:, c + 4] = n_lists
     X[:, c + 5] = min(len(query.split()), 10)
     X[:, c + 6] = math.log1p(len(query))
     X[:, c + 7] = math.log1p(query_clicks)
     X[:, c + 8] = math.log1p(user_items)
     X[:, c + 9] = min(context.session_position, 10)
+    X[:, c + 11] = query in context.previous_queries
     return ids, X
 
 
@@ -146,7 +167,9 @@ class StackedFusionArm(Arm):
     sub_arms : sequence of str
         Names of the sibling arms it pools, in the model's column order.
     model : retrieval.ranker.Ranker
-        ``score(X float32 (m, f)) -> float32 (m,)``, ``f = len(feature_names(sub_arms))``.
+        ``score(X float32 (m, f)) -> float32 (m,)``, ``f = len(feature_names(sub_arms))``, or ``f - 2``
+        for a model fitted before the user-recency and repeated-query columns (scored on the columns
+        before them; ``n_columns``).
     n_items : int
         Catalogue size (the siblings must agree).
     depth : int >= 1
@@ -174,8 +197,9 @@ class StackedFusionArm(Arm):
         if not (math.isfinite(float(k)) and float(k) > 0):
             raise ValueError(f"k must be > 0, got {k!r}")
         f = len(feature_names(sub_arms))
-        if int(getattr(model, "n_features", f)) != f:
-            raise ValueError(f"model: expects {model.n_features} features, the pool has {f}")
+        self.n_columns = int(getattr(model, "n_features", f))
+        if self.n_columns not in (f, f - _N_ADDED):
+            raise ValueError(f"model: expects {self.n_columns} features, the pool has {f}")
         self.sub_arms = sub_arms
         self.model = model
         self.depth = int(depth)
@@ -223,13 +247,13 @@ class StackedFusionArm(Arm):
         ids, X = pool_features(query, context, self.arms, self.depth, self.k, lists)
         if ids.size == 0:
             return empty_result()
-        scores = np.asarray(self.model.score(X), dtype=np.float32)
+        scores = np.asarray(self.model.score(X[:, :self.n_columns]), dtype=np.float32)
         order = np.lexsort((ids, -scores))[:n]
         return ids[order], scores[order]
 
     def warmup(self) -> None:
         """Compile the model's tree kernel on the served arrays (the siblings warm themselves)."""
-        self.model.score(np.zeros((1, len(feature_names(self.sub_arms))), dtype=np.float32))
+        self.model.score(np.zeros((1, self.n_columns), dtype=np.float32))
 
     def to_arrays(self) -> tuple[dict, dict[str, np.ndarray]]:
         mp, ma = self.model.to_arrays()

@@ -160,3 +160,26 @@ def test_load_state_rejects_missing_arrays():
     state = arm.state_arrays()
     with pytest.raises(ValueError, match="word_"):
         arm.load_state({k: v for k, v in state.items() if not k.startswith("word_")})
+
+
+def test_seconds_since_clicks_equal_slow_twin_and_follow_observe():
+    arm = make_arm()
+
+    def slow(user, t):
+        last = {}
+        for u, _, i, tc in CLICKS:
+            if u == user:
+                last[i] = max(last.get(i, tc), tc)
+        return sorted(last), [max(t - last[i], 0) for i in sorted(last)]
+
+    for user, t in (("u1", 31 * DAY), ("u1", 10 * DAY), ("u2", 40 * DAY), ("nobody", DAY)):
+        ids, ago = arm.seconds_since_clicks(Context(user_id=user, timestamp=t))
+        assert ids.dtype == np.int32 and ago.dtype == np.float64
+        assert (ids.tolist(), ago.tolist()) == slow(user, t)
+    assert arm.seconds_since_clicks(Context())[0].size == 0
+    arm.observe("weather", 3, Context(user_id="u1", timestamp=35 * DAY))
+    ids, ago = arm.seconds_since_clicks(Context(user_id="u1", timestamp=36 * DAY))
+    assert dict(zip(ids.tolist(), ago.tolist()))[3] == DAY
+    # timestamp 0: the arm's clock, the latest click observed (35 days)
+    ids, ago = arm.seconds_since_clicks(Context(user_id="u1"))
+    assert dict(zip(ids.tolist(), ago.tolist())) == {0: 33 * DAY, 1: 5 * DAY, 3: 0}

@@ -306,3 +306,18 @@ def test_decayed_postings_build_groups_pairs():
     ids, counts = p.counts("b", 30 * DAY)
     assert ids.tolist() == [0, 3]
     np.testing.assert_allclose(counts, [2.0 * 0.5 ** ((30 * DAY - 5) / (30 * DAY)), 1.5], rtol=1e-12)
+
+
+def test_last_times_merge_offline_and_online_clicks():
+    p = DecayedPostings.build(["b", "a", "b", "b"], [3, 1, 3, 0], [0, 0, 30 * DAY, 5], [1.0, 1.0, 1.0, 2.0],
+                              30 * DAY)
+    assert [x.tolist() for x in p.last_times("b")] == [[0, 3], [5, 30 * DAY]]
+    p.add("b", 0, 1.0, 40 * DAY)   # later than the offline click: the latest moves
+    p.add("b", 3, 1.0, 10 * DAY)   # out of order: the offline 30 days stays the latest
+    p.add("b", 7, 1.0, 2 * DAY)    # online only
+    p.add("c", 2, 1.0, 3 * DAY)    # key known online only
+    ids, last = p.last_times("b")
+    assert ids.dtype == np.int32 and last.dtype == np.int64
+    assert ids.tolist() == [0, 3, 7] and last.tolist() == [40 * DAY, 30 * DAY, 2 * DAY]
+    assert [x.tolist() for x in p.last_times("c")] == [[2], [3 * DAY]]
+    assert [x.tolist() for x in p.last_times("zz")] == [[], []]

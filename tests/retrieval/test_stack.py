@@ -70,8 +70,14 @@ def slow_features(query, context, arms, depth, k):
     if "memory" in by_name and context.previous_queries:
         prev = dict(zip(*[x.tolist() for x in by_name["memory"].observed(context.previous_queries[-1], context)]))
     hist = {}
+    last = {}
     if "history" in by_name:
         hist = dict(zip(*[x.tolist() for x in by_name["history"].user_items(context)]))
+        for e in EVENTS:  # tiny_arms(EVENTS): the user's clicks are these events'
+            if e.user_id == context.user_id and context.user_id:
+                i = ITEM_OF(e.click_urls[0])
+                last[i] = max(last.get(i, e.timestamp), e.timestamp)
+    now = context.timestamp or by_name["history"].clock if "history" in by_name else 0
     for i in pool:
         row = []
         n_lists = 0
@@ -87,14 +93,16 @@ def slow_features(query, context, arms, depth, k):
         row += [math.log1p(pop), math.log1p(mem.get(i, 0.0)), math.log1p(hist.get(i, 0.0)),
                 math.log1p(prev.get(i, 0.0)), n_lists,
                 min(len(query.split()), 10), math.log1p(len(query)), math.log1p(sum(mem.values())),
-                math.log1p(len(hist)), min(context.session_position, 10)]
+                math.log1p(len(hist)), min(context.session_position, 10),
+                math.log1p(max(now - last[i], 0) if i in last else 1e9), float(query in context.previous_queries)]
         rows.append(row)
     return pool, np.array(rows, dtype=np.float64).reshape(len(pool), -1)
 
 
 @pytest.mark.parametrize("query", ["google", "weather", "ebay auction", "bank america", "zzz", ""])
 @pytest.mark.parametrize("context", [Context(), CONTEXT, Context(user_id="u2", timestamp=T0 + 20 * DAY,
-                                                                    session_position=3, previous_queries=("ebay",))])
+                                                                    session_position=3, previous_queries=("ebay",)),
+                                     Context(user_id="u1", session_position=2, previous_queries=("maps", "google"))])
 def test_pool_features_equal_slow_twin(query, context):
     arms = tiny_arms(EVENTS)
     ids, X = pool_features(query, context, arms, 3, 10.0)
@@ -170,6 +178,25 @@ def test_replay_lets_online_arms_observe_the_clicks():
     assert clicked[1][0] > 0 and clicked[2][0] > clicked[1][0]
 
 
+def test_replay_times_the_users_clicks_and_repeated_queries():
+    # u9 clicks weather.com for "forecast" three times, a minute apart, in one session.
+    arms = tiny_arms(EVENTS[:5])
+    events = [QueryEvent("u9", "forecast", T0 + 20 * DAY + 60 * i, (URL[3],)) for i in range(3)]
+    X, y, ptr, _ = replay_pools(arms, events, ITEM_OF, depth=4)
+    names = feature_names([a.name for a in arms])
+    ago, rep = names.index("log_seconds_since_user_click"), names.index("repeated_query")
+    clicked = [X[a:b][y[a:b] == 1][0] for a, b in zip(ptr[:-1], ptr[1:])]
+    assert [float(r[ago]) for r in clicked] == pytest.approx([math.log1p(1e9), math.log1p(60), math.log1p(60)])
+    assert [float(r[rep]) for r in clicked] == [0.0, 1.0, 1.0]
+
+
+def test_without_a_history_arm_no_user_click_is_known():
+    arms = tiny_arms(EVENTS, with_user_arms=False)
+    ids, X = pool_features("google", CONTEXT, arms, 4, 10.0)
+    col = feature_names([a.name for a in arms]).index("log_seconds_since_user_click")
+    assert ids.size > 0 and np.all(X[:, col] == np.float32(math.log1p(1e9)))
+
+
 def test_replay_contexts_follow_sessions():
     evs = [QueryEvent("u", "a", 100, ()), QueryEvent("u", "b", 200, ()), QueryEvent("u", "c", 5000, ()),
            QueryEvent("v", "d", 210, ())]
@@ -186,6 +213,29 @@ def test_round_trip_then_bind():
     for q in ["google", "weather", "zzz"]:
         a, b = arm.retrieve(q, CONTEXT, 5), twin.retrieve(q, CONTEXT, 5)
         assert a[0].tolist() == b[0].tolist() and a[1].tolist() == b[1].tolist()
+
+
+def test_a_model_without_the_added_columns_scores_the_columns_before_them():
+    # Artifacts built before the user-recency and repeated-query columns hold a model over the first
+    # columns only; they still load and score those.
+    from retrieval.ranker import Ranker
+
+    arms = tiny_arms(EVENTS)
+    names = feature_names([a.name for a in arms])
+    n_old = names.index("log_seconds_since_user_click")
+    X, y, ptr, _ = replay_pools(arms, EVENTS, ITEM_OF, depth=4)
+    cfg = RankerConfig(objective="regression", n_trees=5, learning_rate=0.3, max_leaf_nodes=4, min_samples_leaf=1)
+    old = Ranker(cfg).fit(X[:, :n_old], y, ptr)
+    arm = StackedFusionArm([a.name for a in arms], old, len(SITES), depth=4).bind(arms)
+    assert arm.n_columns == n_old == len(names) - 2
+    arm.warmup()
+    ctx = Context(user_id="u1", timestamp=T0 + 20 * DAY)
+    pool, Xq = pool_features("google", ctx, arms, 4, 10.0)
+    ids, scores = arm.retrieve("google", ctx, 10)
+    expected = old.score(Xq[:, :n_old])
+    order = np.lexsort((pool, -expected))
+    assert ids.tolist() == pool[order].tolist()
+    np.testing.assert_allclose(scores, expected[order], rtol=1e-6)
 
 
 def test_retrieve_before_bind_raises():
