@@ -18,11 +18,12 @@ from __future__ import annotations
 import abc
 import threading
 from dataclasses import dataclass
-from typing import Mapping, Protocol, runtime_checkable
+from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Context", "Arm", "OnlineArm", "check_n", "empty_result", "pooled_list", "EMPTY_CONTEXT"]
+__all__ = ["Context", "Arm", "OnlineArm", "check_n", "empty_result", "pooled_list", "pool_rank_columns",
+           "EMPTY_CONTEXT"]
 
 _EMPTY_IDS = np.zeros(0, dtype=np.int32)
 _EMPTY_SCORES = np.zeros(0, dtype=np.float32)
@@ -117,6 +118,40 @@ def pooled_list(retrieved: Mapping[str, tuple], arm: "Arm", query: str, context:
     if got is not None and got[0] is arm and got[3] >= depth:
         return got[1][:depth], got[2][:depth]
     return arm.retrieve(query, context, depth)
+
+
+def pool_rank_columns(lists: Sequence[tuple[np.ndarray, np.ndarray]], k: float) -> tuple[np.ndarray, np.ndarray]:
+    """The pool of some arms' lists and each item's place in each list (the pooling arms' features).
+
+    Parameters
+    ----------
+    lists : sequence of (ids int (m_a,), scores float (m_a,)), one per arm, best first, no repeated id
+    k : float > 0
+        Reciprocal-rank constant.
+
+    Returns
+    -------
+    ids : int32 (m,), the distinct items of all lists, ascending
+    cols : float64 (m, len(lists), 3): per list ``1 / (k + rank)`` (1-based rank), ``score / top
+        score`` (0 when the top score is <= 0) and ``log1p(max(score, 0))``; 0 where the list does not
+        hold the item (so ``cols[:, a, 0] > 0`` says list ``a`` holds it).
+    """
+    allids = (np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in lists]) if lists
+              else np.zeros(0, np.int32))
+    ids, inverse = np.unique(allids, return_inverse=True)
+    cols = np.zeros((ids.size, len(lists), 3), dtype=np.float64)
+    start = 0
+    for a, (la, sa) in enumerate(lists):
+        m = len(la)
+        if m:
+            rows = inverse[start:start + m]
+            sa = np.asarray(sa, dtype=np.float64)
+            cols[rows, a, 0] = 1.0 / (k + np.arange(1, m + 1, dtype=np.float64))
+            top = float(sa[0])
+            cols[rows, a, 1] = sa / top if top > 0 else 0.0
+            cols[rows, a, 2] = np.log1p(np.maximum(sa, 0.0))
+        start += m
+    return ids.astype(np.int32), cols
 
 
 class Arm(abc.ABC):

@@ -40,7 +40,7 @@ import numpy as np
 
 from retrieval.arms import _kernels
 from retrieval.arms.base import (
-    Arm, Context, EMPTY_CONTEXT, ScratchPool, check_n, check_query, empty_result, pooled_list,
+    Arm, Context, EMPTY_CONTEXT, ScratchPool, check_n, check_query, empty_result, pool_rank_columns, pooled_list,
 )
 
 __all__ = ["FusionArm", "PoolScorer", "build_fusion_arm", "build_learned_fusion_arm", "expand_texts",
@@ -309,21 +309,11 @@ def pool_features(query: str, lists: Sequence[tuple[np.ndarray, np.ndarray]], te
     from retrieval.ranker_features import candidate_features
 
     n_sub = len(lists)
-    allids = np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in lists]) if lists else np.zeros(0, np.int32)
-    ids, inverse = np.unique(allids, return_inverse=True)
-    ids = ids.astype(np.int32)
+    ids, cols = pool_rank_columns(lists, k)
     body = candidate_features(query, ids, np.zeros((ids.size, 0), dtype=np.float32), text_index, prior)
     X = np.zeros((ids.size, 2 * n_sub + body.shape[1]), dtype=np.float32)
+    X[:, :2 * n_sub] = cols[:, :, :2].reshape(ids.size, 2 * n_sub)
     X[:, 2 * n_sub:] = body
-    start = 0
-    for a, (la, sa) in enumerate(lists):
-        m = len(la)
-        if m:
-            rows = inverse[start:start + m]
-            X[rows, 2 * a] = 1.0 / (k + np.arange(1, m + 1, dtype=np.float64))
-            top = float(sa[0])
-            X[rows, 2 * a + 1] = np.asarray(sa, dtype=np.float64) / top if top > 0 else 0.0
-        start += m
     return ids, X
 
 

@@ -51,7 +51,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from retrieval.arms.base import Arm, Context, EMPTY_CONTEXT, check_n, check_query, empty_result, pooled_list
+from retrieval.arms.base import (
+    Arm, Context, EMPTY_CONTEXT, check_n, check_query, empty_result, pool_rank_columns, pooled_list,
+)
 
 __all__ = ["StackedFusionArm", "STACK_SUB_ARMS", "pool_features", "feature_names", "replay_contexts",
            "replay_pools", "build_stacked_fusion_arm"]
@@ -105,31 +107,18 @@ def pool_features(query: str, context: Context, arms: Sequence[Arm], depth: int,
     Returns
     -------
     ids : int32 (m,), the distinct pool items ascending
-    X : float32 (m, 3 * len(arms) + 10), columns :func:`feature_names`
+    X : float32 (m, 3 * len(arms) + 12), columns :func:`feature_names`
     """
     if lists is None:
         lists = [arm.retrieve(query, context, depth) for arm in arms]
     n_sub = len(arms)
-    allids = np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in lists]) if lists else np.zeros(0, np.int32)
-    ids, inverse = np.unique(allids, return_inverse=True)
-    ids = ids.astype(np.int32)
+    ids, cols = pool_rank_columns(lists, k)
     m = ids.size
     X = np.zeros((m, 3 * n_sub + len(_EXTRA)), dtype=np.float32)
     if m == 0:
         return ids, X
-    n_lists = np.zeros(m, dtype=np.float64)
-    start = 0
-    for a, (la, sa) in enumerate(lists):
-        la_n = len(la)
-        if la_n:
-            rows = inverse[start:start + la_n]
-            sa = np.asarray(sa, dtype=np.float64)
-            X[rows, 3 * a] = 1.0 / (k + np.arange(1, la_n + 1, dtype=np.float64))
-            top = float(sa[0])
-            X[rows, 3 * a + 1] = sa / top if top > 0 else 0.0
-            X[rows, 3 * a + 2] = np.log1p(np.maximum(sa, 0.0))
-            n_lists[rows] += 1.0
-        start += la_n
+    X[:, :3 * n_sub] = cols.reshape(m, 3 * n_sub)
+    n_lists = (cols[:, :, 0] > 0).sum(axis=1)
     c = 3 * n_sub
     query_clicks = user_items = 0.0
     X[:, c + 10] = math.log1p(_NEVER)  # no history arm: no click of the user's is known
