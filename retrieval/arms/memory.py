@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -264,47 +264,39 @@ class DecayedPostings:
 
     def counts(self, key: str, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Observed items of ``key`` and their counts at time ``t``: (int32 (m,) ascending, float64 (m,))."""
-        r = self._row.get(key)
-        online = self.online.get(key)
-        if r is not None:
-            a, b = int(self.post_ptr[r]), int(self.post_ptr[r + 1])
-            items = self.post_items[a:b]
-            counts = self.post_value[a:b] * np.exp2((self.post_time[a:b] - t) / self.half_life)
-            if not online:
-                return items, counts
-            merged = dict(zip(items.tolist(), counts.tolist()))
-        elif online:
-            merged = {}
-        else:
-            return _EMPTY_IDS, np.zeros(0, dtype=np.float64)
         hl = self.half_life
-        for item, (value, last) in online.items():
-            merged[item] = merged.get(item, 0.0) + _decay(value, last, t, hl)
-        ids = np.fromiter(merged.keys(), dtype=np.int32, count=len(merged))
-        vals = np.fromiter(merged.values(), dtype=np.float64, count=len(merged))
-        order = np.argsort(ids, kind="stable")
-        return ids[order], vals[order]
+        return self._per_item(key, lambda a, b: self.post_value[a:b] * np.exp2((self.post_time[a:b] - t) / hl),
+                              lambda cur, value, last: (0.0 if cur is None else cur) + _decay(value, last, t, hl),
+                              np.float64)
 
     def last_times(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """Items of ``key`` and the time of their latest click: (int32 (m,) ascending, int64 (m,) seconds)."""
+        return self._per_item(key, lambda a, b: self.post_time[a:b],
+                              lambda cur, value, last: last if cur is None else max(cur, last), np.int64)
+
+    def _per_item(self, key: str, offline: Callable[[int, int], np.ndarray],
+                  fold: Callable[[object, float, int], object], dtype) -> tuple[np.ndarray, np.ndarray]:
+        """Items of ``key`` (int32 ascending) and one ``dtype`` value each: ``offline(a, b)`` gives the
+        values of the offline postings ``[a, b)``, and each online ``[value, last]`` entry is folded in
+        by ``fold(offline value or None, value, last)``."""
         r = self._row.get(key)
         online = self.online.get(key)
         if r is not None:
             a, b = int(self.post_ptr[r]), int(self.post_ptr[r + 1])
-            items, times = self.post_items[a:b], self.post_time[a:b]
+            items, values = self.post_items[a:b], offline(a, b)
             if not online:
-                return items, times
-            merged = dict(zip(items.tolist(), times.tolist()))
+                return items, values
+            merged = dict(zip(items.tolist(), values.tolist()))
         elif online:
             merged = {}
         else:
-            return _EMPTY_IDS, np.zeros(0, dtype=np.int64)
-        for item, (_, last) in online.items():
-            merged[item] = max(merged.get(item, last), last)
+            return _EMPTY_IDS, np.zeros(0, dtype=dtype)
+        for item, (value, last) in online.items():
+            merged[item] = fold(merged.get(item), value, last)
         ids = np.fromiter(merged.keys(), dtype=np.int32, count=len(merged))
-        times = np.fromiter(merged.values(), dtype=np.int64, count=len(merged))
+        vals = np.fromiter(merged.values(), dtype=dtype, count=len(merged))
         order = np.argsort(ids, kind="stable")
-        return ids[order], times[order]
+        return ids[order], vals[order]
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """The online delta as flat arrays (keys sorted, items ascending), same names as offline."""
