@@ -113,17 +113,14 @@ def judgment_interactions(catalog: Catalog, judgments) -> Interactions:
 
 def build_arms(catalog: Catalog, inter: Interactions, *, bm25_texts: Sequence[str] | None = None,
                bm25_b: float = 0.75, semantic_min_weight: float = 0.0, semantic_item_text_pairs: bool = False,
-               analyzer: str = "qp2q", compounds: bool = False, fusion_texts: Sequence[str] | None = None,
-               learned_fusion: bool = False, text_index=None, timings: dict | None = None,
-               report: dict | None = None) -> list:
+               analyzer: str = "qp2q", compounds: bool = False, learned_fusion: bool = False, text_index=None,
+               timings: dict | None = None, report: dict | None = None) -> list:
     """Every arm of a catalogue, in the fixed order the pipeline, policy and ranker use.
 
-    ``analyzer`` / ``compounds`` configure the text arms (:mod:`retrieval.analyzer`); with
-    ``fusion_texts`` (e.g. item texts expanded with relevant training queries) a reciprocal-rank
-    fusion arm of BM25 over them and the character-trigram index is appended last. With
-    ``learned_fusion`` (graded interactions) the fusion arm is instead the learned fusion of
-    :func:`retrieval.arms.fusion.build_learned_fusion_arm` (``text_index``: the item text index its
-    features use; its training summary goes to ``report["fusion"]``).
+    ``analyzer`` / ``compounds`` configure the text arms (:mod:`retrieval.analyzer`). With
+    ``learned_fusion`` (graded interactions) the learned fusion arm of
+    :func:`retrieval.arms.fusion.build_learned_fusion_arm` is appended last (``text_index``: the item
+    text index its features use; its training summary goes to ``report["fusion"]``).
     """
     timings = {} if timings is None else timings
 
@@ -150,11 +147,7 @@ def build_arms(catalog: Catalog, inter: Interactions, *, bm25_texts: Sequence[st
         arms.append(timed("history", lambda: build_history_arm(inter.user_ids, inter.queries, inter.item_ids,
                                                                inter.timestamps, catalog.n_items,
                                                                weights=inter.weights)))
-    if fusion_texts is not None:
-        from retrieval.arms.fusion import build_fusion_arm
-
-        arms.append(timed("fusion", lambda: build_fusion_arm(catalog.texts, fusion_texts, analyzer=analyzer)))
-    elif learned_fusion:
+    if learned_fusion:
         from retrieval.arms.fusion import build_learned_fusion_arm
 
         fusion_report: dict = {}

@@ -211,6 +211,11 @@ class Pipeline:
     def __init__(self, arms, policy, ranker):
         self.arms = list(arms)
         self.arm_names = [a.name for a in self.arms]
+        self._pool_depths: dict[str, int] = {}  # see pool_depths()
+        for arm in self.arms:
+            if getattr(arm, "retrieve_pooled", None) is not None:
+                for name, d in arm.pool_depths().items():
+                    self._pool_depths[name] = max(self._pool_depths.get(name, 0), int(d))
         self.policy = policy
         self.ranker = ranker
         self.hits = np.zeros(len(self.arms), dtype=np.float64)
@@ -253,13 +258,9 @@ class Pipeline:
 
     def pool_depths(self) -> dict[str, int]:
         """How deep the pooling arms (those with ``retrieve_pooled``) read each sibling arm's list:
-        ``{arm name: depth}``, the deepest any of them asks (``arm.pool_depths()``)."""
-        deepest: dict[str, int] = {}
-        for arm in self.arms:
-            if getattr(arm, "retrieve_pooled", None) is not None:
-                for name, d in arm.pool_depths().items():
-                    deepest[name] = max(deepest.get(name, 0), int(d))
-        return deepest
+        ``{arm name: depth}``, the deepest any of them asks (``arm.pool_depths()``, read when the
+        pipeline is built: bind the pooling arms first)."""
+        return dict(self._pool_depths)
 
     def retrieve(self, query: str, context: Context, budget: int, rng: np.random.Generator) -> "Retrieval":
         """Every arm's list, the policy's allocation and the candidate union for a normalised query.
@@ -270,7 +271,7 @@ class Pipeline:
         so the head equals asking for fewer)."""
         arm_ids, arm_scores = [], []
         depth = self.arm_depth(budget)
-        deeper = self.pool_depths()
+        deeper = self._pool_depths
         retrieved: dict = {}
         for arm in self.arms:
             pooled = getattr(arm, "retrieve_pooled", None)  # an arm over earlier arms' lists
