@@ -622,16 +622,24 @@ class SpawnedServer:
 
     def __init__(self, artifacts: Path, mode: str, max_workers: int, processes: int, state_dir: Path,
                  log_path: Path, start_timeout_s: float = 300.0, switch_interval_ms: float | None = None,
-                 module: str = "serving.cli"):
+                 module: str = "serving.cli", cpus: set[int] | None = None):
         # ``module``: what runs ``serve ARGS`` (``bench.rpc_cost`` wraps the CLI to time its handlers).
+        # ``cpus``: the server's CPU mask (it inherits the mask of the thread that forks it).
         self.command = [sys.executable, "-m", module, "serve", "--artifacts", str(artifacts),
                         "--host", "127.0.0.1", "--port", "0", "--mode", mode, "--max-workers", str(max_workers),
                         "--processes", str(processes), "--state", str(state_dir)]
         if switch_interval_ms is not None:
             self.command += ["--switch-interval-ms", str(switch_interval_ms)]
         self._log = open(log_path, "w")
-        self.proc = subprocess.Popen(self.command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self._log,
-                                     text=True)
+        own = os.sched_getaffinity(0)
+        if cpus:
+            os.sched_setaffinity(0, cpus)
+        try:
+            self.proc = subprocess.Popen(self.command, cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self._log,
+                                         text=True)
+        finally:
+            os.sched_setaffinity(0, own)
+        self.cpus = sorted(os.sched_getaffinity(self.proc.pid))
         lines: queue.Queue = queue.Queue()
         threading.Thread(target=lambda: [lines.put(x) for x in self.proc.stdout] + [lines.put(None)],
                          daemon=True).start()
@@ -849,19 +857,13 @@ def main(argv: list[str] | None = None) -> int:
         server = None
         if args.artifacts:
             say(f"starting qac serve --mode {args.mode} --processes {args.processes} on {args.artifacts} ...")
-            own = os.sched_getaffinity(0)
-            if server_cpus:  # a child inherits its parent's CPU mask at fork
-                os.sched_setaffinity(0, server_cpus)
-            try:
-                server = SpawnedServer(args.artifacts, args.mode, args.max_workers, args.processes,
-                                       Path(tmp) / "state", Path(tmp) / "serve.log",
-                                       switch_interval_ms=args.switch_interval_ms)
-            finally:
-                os.sched_setaffinity(0, own)
+            server = SpawnedServer(args.artifacts, args.mode, args.max_workers, args.processes,
+                                   Path(tmp) / "state", Path(tmp) / "serve.log",
+                                   switch_interval_ms=args.switch_interval_ms, cpus=server_cpus)
             target, pids = server.target, [server.pid]
             report["server"] = {"command": server.command, "mode": args.mode, "processes": args.processes,
                                 "max_workers": args.max_workers, "switch_interval_ms": args.switch_interval_ms,
-                                "cpus": sorted(os.sched_getaffinity(server.pid))}
+                                "cpus": server.cpus}
         else:
             target, pids = args.target, args.server_pid
             report["server"] = {"target": target, "pids": pids}

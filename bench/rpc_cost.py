@@ -33,8 +33,6 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
-
 from bench.common import machine_info, write_json
 
 KINDS = ("echo", "complete", "search_aol")
@@ -76,14 +74,6 @@ def serve_instrumented(argv: list[str]) -> int:
 
 # ------------------------------------------------------------------------------- the client side
 
-def _summary_ms(values_ns) -> dict:
-    v = np.asarray(values_ns, dtype=np.float64) / 1e6
-    if v.size == 0:
-        return {"n": 0}
-    return {"n": int(v.size), "p50": float(np.percentile(v, 50)), "p99": float(np.percentile(v, 99)),
-            "mean": float(v.mean())}
-
-
 def run(artifacts: Path, kinds: list[str], n: int, warmup: int, server_cpus, client_cpus, log: Path,
         progress=print) -> dict:
     """Start the instrumented server, send each kind closed loop, stop the server; the report dict."""
@@ -97,17 +87,12 @@ def run(artifacts: Path, kinds: list[str], n: int, warmup: int, server_cpus, cli
     report: dict = {"machine": machine_info(), "config": {"artifacts": str(artifacts), "n": n, "warmup": warmup,
                                                           "kinds": kinds, "log": str(log)}}
     with tempfile.TemporaryDirectory(prefix="qac-rpc-cost-") as tmp:
+        server = load.SpawnedServer(artifacts, "threads", 8, 1, Path(tmp) / "state", Path(tmp) / "serve.log",
+                                    module="bench.rpc_cost", cpus=server_cpus)
         own = os.sched_getaffinity(0)
-        if server_cpus:
-            os.sched_setaffinity(0, server_cpus)  # inherited by the server at fork
-        try:
-            server = load.SpawnedServer(artifacts, "threads", 8, 1, Path(tmp) / "state", Path(tmp) / "serve.log",
-                                        module="bench.rpc_cost")
-        finally:
-            os.sched_setaffinity(0, own)
         if client_cpus:
             os.sched_setaffinity(0, client_cpus)
-        report["server"] = {"command": server.command, "cpus": sorted(os.sched_getaffinity(server.pid))}
+        report["server"] = {"command": server.command, "cpus": server.cpus}
         report["config"]["client_cpus_in_effect"] = sorted(os.sched_getaffinity(0))
         rows = {}
         try:
@@ -128,8 +113,8 @@ def run(artifacts: Path, kinds: list[str], n: int, warmup: int, server_cpus, cli
                         send[kind](i)
                         latencies.append(time.perf_counter_ns() - t0)
                     cpu_ms = (load.cpu_seconds([server.pid]) - c0) * 1e3 / n
-                    rows[kind] = {"latency_ms": _summary_ms(latencies), "server_cpu_ms_per_request": cpu_ms,
-                                  "loadavg_1m": os.getloadavg()[0]}
+                    rows[kind] = {"latency_ms": load.latency_summary_ms(latencies),
+                                  "server_cpu_ms_per_request": cpu_ms, "loadavg_1m": os.getloadavg()[0]}
                     progress(f"{kind:11s} n={n}  client-seen p50 {rows[kind]['latency_ms']['p50']:.3f} ms "
                              f"p99 {rows[kind]['latency_ms']['p99']:.3f} ms  server CPU {cpu_ms:.3f} ms/request")
         finally:
@@ -140,8 +125,8 @@ def run(artifacts: Path, kinds: list[str], n: int, warmup: int, server_cpus, cli
     for kind, rpc in (("complete", "Complete"), ("search_aol", "Search")):
         if kind in rows:
             samples = handler.get(rpc, [])
-            rows[kind]["handler_thread_cpu_ms"] = _summary_ms(samples[warmup:warmup + n])
-            progress(f"{kind:11s} handler thread CPU mean {rows[kind]['handler_thread_cpu_ms'].get('mean', 0):.3f} ms")
+            cpu = rows[kind]["handler_thread_cpu_ms"] = load.latency_summary_ms(samples[warmup:warmup + n])
+            progress(f"{kind:11s} handler thread CPU mean {cpu['mean'] or 0.0:.3f} ms")
     report["rpcs"] = rows
     return report
 
