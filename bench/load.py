@@ -797,7 +797,7 @@ def build_arg_parser() -> argparse.ArgumentParser:
                     help="pid of the --target server (repeat; descendants are included)")
     ap.add_argument("--mode", choices=("threads", "asyncio"), default="threads", help="with --artifacts")
     ap.add_argument("--max-workers", type=int, default=8, help="with --artifacts")
-    ap.add_argument("--processes", type=int, default=1, help="with --artifacts (> 1: completion only)")
+    ap.add_argument("--processes", type=int, default=1, help="with --artifacts: server processes sharing the port and the state directory")
     ap.add_argument("--switch-interval-ms", type=float, default=None,
                     help="with --artifacts: the server's GIL switch interval (qac serve --switch-interval-ms)")
     ap.add_argument("--server-cpus", type=str, default=None, metavar="LIST",

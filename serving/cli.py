@@ -195,12 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="grpc thread-pool server or grpc.aio server answering on its event loop "
                         "(default: threads; README 'Load test')")
     s.add_argument("--processes", type=int, default=1,
-                   help="N > 1: N completion-only processes sharing the port (SO_REUSEPORT)")
+                   help="N > 1: N processes sharing the port (SO_REUSEPORT) and the --state directory")
     s.add_argument("--reuse-port", action="store_true", help="set SO_REUSEPORT (used by --processes)")
     s.add_argument("--switch-interval-ms", type=float, default=None,
                    help="GIL switch interval of the serving process in ms (Python's default 5; README 'Load test')")
     s.add_argument("--no-search", action="store_true", help="serve completion only, even if search/ exists")
     s.add_argument("--state", help="state directory (SQLite event log + snapshots) for Search/Feedback")
+    s.add_argument("--shared-state", action="store_true",
+                   help="open --state together with other server processes (used by --processes)")
     s.add_argument("--blocklist", help="file of terms (one per line) no completion may contain, on top of the "
                    "artifact's build-time blocklist")
     s.set_defaults(func=cmd_serve)

@@ -1,18 +1,20 @@
 """``qac serve --processes N``: N server processes sharing one port through SO_REUSEPORT.
 
 The parent reserves the port (a bound, never-listening socket with SO_REUSEPORT, so ``--port 0``
-works and no unrelated server takes the port meanwhile), starts N ``qac serve --reuse-port
---no-search`` children on it, prints ``serving on HOST:PORT`` once every child is healthy, and on
-SIGTERM/SIGINT stops them all (SIGTERM, so each drains its in-flight RPCs). The kernel spreads
-incoming *connections* over the children; a gRPC channel is one connection, so each client sticks
-to one process.
+works and no unrelated server takes the port meanwhile), starts N ``qac serve --reuse-port``
+children on it, prints ``serving on HOST:PORT`` once every child is healthy, and on SIGTERM/SIGINT
+stops them all (SIGTERM, so each drains its in-flight RPCs). The kernel spreads incoming
+*connections* over the children; a gRPC channel is one connection, so each client sticks to one
+process.
 
-Completion only, by design: the search state (``serving.state.StateStore``) is one SQLite event
-log behind an exclusive directory lock, and a Feedback must reach the process that logged its
-decision. Giving each child a state directory of its own would make a Feedback that the kernel
-routes to another child fail with NOT_FOUND (its decision is in another log), so the children
-serve Complete (without previews) and Echo; Search, Feedback and previews answer UNIMPLEMENTED.
-Each child memory-maps the same artifact files, so the arrays' pages are shared between them.
+Search: when the artifacts have a search index, every child serves Search, Feedback and previews
+on one state directory opened in shared mode (``qac serve --shared-state``;
+``serving.state.StateStore(shared=True)``): each child commits its decisions and feedback to the one
+SQLite event log and, before each Search, Complete and Feedback, applies the events the other
+children committed, in ``seq`` order, so a Feedback may reach any child (its decision is read from
+the shared log) and every child learns from every Feedback. With ``--no-search`` the children serve
+Complete (without previews) and Echo only. Each child memory-maps the same artifact files, so the
+arrays' pages are shared between them.
 """
 from __future__ import annotations
 
@@ -53,25 +55,31 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _child_command(config: ServerConfig, port: int) -> list[str]:
+def _child_command(config: ServerConfig, port: int, search: bool) -> list[str]:
+    search_args = ((["--state", str(config.state_dir)] if config.state_dir is not None else []) + ["--shared-state"]
+                   if search else ["--no-search"])
     return [sys.executable, "-m", "serving.cli", "serve", "--artifacts", str(config.artifacts),
             "--host", config.host, "--port", str(port), "--max-workers", str(config.max_workers),
-            "--mode", config.mode, "--reuse-port", "--no-search",
+            "--mode", config.mode, "--reuse-port", *search_args,
             *(["--switch-interval-ms", str(config.switch_interval_ms)] if config.switch_interval_ms is not None else [])]
 
 
-def serve_processes(config: ServerConfig, n_processes: int, *, out: TextIO | None = None) -> int:
-    """Run ``n_processes`` completion-only servers on one port until SIGTERM/SIGINT.
+def serve_processes(config: ServerConfig, n_processes: int, *, out: TextIO | None = None,
+                    search: bool = True) -> int:
+    """Run ``n_processes`` servers on one port until SIGTERM/SIGINT.
 
     Parameters
     ----------
     config : ServerConfig
-        ``host``, ``port`` (0 = pick one), ``max_workers``, ``mode`` and ``artifacts`` are passed to
-        every child; ``state_dir`` is ignored (see the module docstring).
+        ``host``, ``port`` (0 = pick one), ``max_workers``, ``mode``, ``artifacts`` and
+        ``state_dir`` are passed to every child.
     n_processes : int
         Number of child processes, >= 1.
     out : text stream, optional
         Where the ready line ``serving on HOST:PORT`` goes (default ``sys.stdout``).
+    search : bool
+        Serve Search/Feedback/previews (when the artifacts have ``search/``) on one shared state
+        directory; False = completion only (``--no-search``).
 
     Returns
     -------
@@ -87,9 +95,7 @@ def serve_processes(config: ServerConfig, n_processes: int, *, out: TextIO | Non
     if isinstance(n_processes, bool) or not isinstance(n_processes, int) or n_processes < 1:
         raise ValueError(f"processes must be a positive int, got {n_processes!r}")
     out = sys.stdout if out is None else out
-    if config.artifacts is not None and Path(config.artifacts, "search").is_dir():
-        logger.warning("--processes %d serves completion only: Search, Feedback and previews answer "
-                       "UNIMPLEMENTED (the search state log cannot be shared between processes)", n_processes)
+    search = search and config.artifacts is not None and Path(config.artifacts, "search").is_dir()
     try:
         reserved = reserve_port(config.host, config.port)
     except OSError as exc:
@@ -111,7 +117,7 @@ def serve_processes(config: ServerConfig, n_processes: int, *, out: TextIO | Non
     code = 0
     try:
         for i in range(n_processes):
-            proc = subprocess.Popen(_child_command(config, port), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(_child_command(config, port, search), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
             children.append(proc)
             threading.Thread(target=pump, args=(i, proc), daemon=True).start()
         ready: set[int] = set()

@@ -270,6 +270,7 @@ class SearchService:
         q = ce.normalize(query)
         ctx = Context(user_id=context.user_id, previous_queries=tuple(context.previous_queries),
                       timestamp=int(context.timestamp), session_position=len(context.previous_queries))
+        self.sync()
         r = ce.engine.retrieve(q, ctx, budget or ce.budget, self._rng())
         ids, scores, proposed = ce.engine.rank(r, k)
         keys = [ce.catalog.key(i) for i in ids.tolist()]
@@ -318,6 +319,17 @@ class SearchService:
             reward = 0.0 if issued_query is not None else 1.0
         return FeedbackOutcome(duplicate=False, reward=reward)
 
+    def sync(self) -> None:
+        """Shared state directory (several server processes): apply the feedback the other processes
+        committed since this one last did, in seq order. Does not wait if another thread is applying
+        events; a no-op for a store this process has alone. A failed apply marks the store diverged
+        (logged; Feedback then refuses) without failing the caller's request."""
+        if self.store.shared and not self.store.diverged:
+            try:
+                self.store.catch_up(self.state, blocking=False)
+            except st.StateDiverged:
+                pass  # already logged by the store; health and Feedback report it
+
     def record_completion(self, context: SearchContext, prefix: str, completions: list[str]) -> str:
         """Log a Complete answer as a decision (so Feedback can accept one of its suggestions)."""
         decision_id = uuid.uuid4().hex
@@ -347,12 +359,14 @@ def catalog_analyzer(artifacts_dir: str | os.PathLike, catalog: str) -> str:
 
 
 def load_search_service(artifacts_dir: str | os.PathLike, state_dir: str | os.PathLike | None = None,
-                        completer=None) -> SearchService:
+                        completer=None, *, shared: bool = False) -> SearchService:
     """Load every ``DIR/search/<catalog>`` artifact and open (or create) the state directory.
 
     ``state_dir`` defaults to ``<artifacts_dir>.state`` beside the artifacts. ``completer`` (a
     ``qac.completer.Completer``) gets the completion feedback (accepted suggestions, issued queries)
     online and in the snapshots, and is brought to the acknowledged state by the recovery.
+    ``shared``: open the state directory together with other server processes
+    (``serving.state.StateStore(shared=True)``; ``qac serve --processes N``).
     """
     root = Path(artifacts_dir) / SEARCH_DIR
     engines = {}
@@ -361,4 +375,4 @@ def load_search_service(artifacts_dir: str | os.PathLike, state_dir: str | os.Pa
         engines[ce.name] = ce
     state = Path(state_dir) if state_dir else Path(str(Path(artifacts_dir).absolute()) + ".state")
     state.mkdir(parents=True, exist_ok=True)
-    return SearchService(engines, st.StateStore(state), completer=completer)
+    return SearchService(engines, st.StateStore(state, shared=shared), completer=completer)

@@ -149,9 +149,11 @@ class UnknownItem(SearchError):
 class SearchServiceLike(Protocol):
     """What the servicer needs from a search service.
 
-    Optional: ``warmup()`` (called before the server reports SERVING) and ``close()`` (called once
+    Optional: ``warmup()`` (called before the server reports SERVING), ``close()`` (called once
     on graceful shutdown, after in-flight requests finished; the state store writes its final
-    snapshot there). All methods are called concurrently from the server's worker threads.
+    snapshot there) and ``sync()`` (called before a Complete: apply the feedback other server
+    processes logged to a shared state directory). All methods are called concurrently from the
+    server's worker threads.
     """
 
     def search(self, query: str, context: SearchContext, k: int, catalog: str) -> SearchResult:

@@ -404,13 +404,15 @@ def load_completer(artifacts: str | Path | None, blocklist: str | Path | None = 
 
 
 def load_search_service(artifacts: str | Path | None,
-                        state_dir: str | Path | None, completer: CompleterLike | None = None) -> SearchServiceLike:
-    """Load the real search service (``serving.search_service.load_search_service``); imported lazily."""
+                        state_dir: str | Path | None, completer: CompleterLike | None = None, *,
+                        shared_state: bool = False) -> SearchServiceLike:
+    """Load the real search service (``serving.search_service.load_search_service``); imported lazily.
+    ``shared_state``: open the state directory together with other server processes."""
     if artifacts is None:
         raise ValueError("artifacts: an artifact directory is required")
     from serving.search_service import load_search_service as load  # noqa: PLC0415 - keep imports light
 
-    return load(artifacts, state_dir, completer)
+    return load(artifacts, state_dir, completer, shared=shared_state)
 
 
 def search_loader_for(artifacts: str | Path | None) -> Callable | None:
@@ -423,8 +425,9 @@ def search_loader_for(artifacts: str | Path | None) -> Callable | None:
 def main_serve(args: argparse.Namespace) -> int:
     """``qac serve``: args has ``artifacts``, ``host``, ``port``, ``max_workers`` and optionally
     ``state`` (directory of the search service's online state), ``mode`` (``threads`` or
-    ``asyncio``), ``processes`` (> 1: :func:`serving.multiproc.serve_processes`), ``reuse_port``
-    and ``no_search``; returns the exit code.
+    ``asyncio``), ``processes`` (> 1: :func:`serving.multiproc.serve_processes`), ``reuse_port``,
+    ``shared_state`` (open ``state`` together with other processes) and ``no_search``; returns the
+    exit code.
 
     Search is served only if the artifact directory has a ``search/`` subdirectory.
     Logging is configured by the caller (``serving.cli.main``), as only CLIs configure logging.
@@ -443,8 +446,10 @@ def main_serve(args: argparse.Namespace) -> int:
     if n_processes != 1:
         from serving.multiproc import serve_processes  # noqa: PLC0415 - only this mode needs it
 
-        return serve_processes(config, n_processes)
+        return serve_processes(config, n_processes, search=not getattr(args, "no_search", False))
     search_loader = None if getattr(args, "no_search", False) else search_loader_for(config.artifacts)
+    if search_loader is not None and getattr(args, "shared_state", False):
+        search_loader = functools.partial(search_loader, shared_state=True)
     if search_loader is None:
         logger.info("no search/ in %s: serving completion only", config.artifacts)
         if state_dir is not None:

@@ -112,6 +112,13 @@ def _unix_seconds(message: Any, field: str) -> int:
     return int(time.time())
 
 
+def _sync(search_service: SearchServiceLike) -> None:
+    """Call the search service's optional ``sync()`` (bring the online state to the shared log)."""
+    sync = getattr(search_service, "sync", None)
+    if sync is not None:
+        sync()
+
+
 def _search_context(session: qac_service_pb2.Session) -> SearchContext:
     return SearchContext(
         session_id=session.session_id,
@@ -182,6 +189,8 @@ class QueryServiceServicer:
             context.abort(grpc.StatusCode.UNIMPLEMENTED, NO_SEARCH_MESSAGE)
         try:
             search_context = _search_context(request.session)
+            if search_service is not None:
+                _sync(search_service)  # other processes' feedback first (user histories, follow-ups)
             results = completer.complete(previous_queries, prefix, k, user_id=search_context.user_id,
                                          timestamp=search_context.timestamp)
             # Built in place (repeated-field add): about half the cost of constructing each message.

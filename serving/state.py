@@ -13,9 +13,11 @@ This module imports nothing from ``qac`` or ``retrieval``; the servicer plugs th
 
 State directory
 ---------------
-``state_dir/state.sqlite3`` (+ ``-wal``/``-shm``) and ``state_dir/LOCK``. One process at a time: the
-store takes an exclusive ``flock`` on ``LOCK`` (released by the kernel when the process dies, so a
-``kill -9`` never leaves a stale lock). Tables::
+``state_dir/state.sqlite3`` (+ ``-wal``/``-shm``), ``state_dir/LOCK`` and (shared mode)
+``state_dir/SNAPSHOT.LOCK``. By default one process at a time: the store takes an exclusive ``flock``
+on ``LOCK`` (released by the kernel when the process dies, so a ``kill -9`` never leaves a stale
+lock). With ``shared=True`` several processes (``qac serve --processes N``) open one directory
+together; see "Several processes" below. Tables::
 
     decisions(decision_id TEXT PRIMARY KEY, created_at REAL, kind TEXT, payload TEXT)   -- JSON
     feedback(seq INTEGER PRIMARY KEY AUTOINCREMENT, decision_id TEXT REFERENCES decisions,
@@ -72,6 +74,25 @@ loaded development VM (the state lock was held ~23 ms for the 210k-entry ``dict.
 ``snapshot_every_events`` events this is a p99.9 effect, not a p99 one; writing the blob in chunks
 over several short transactions would remove it.
 
+Several processes (``shared=True``)
+-----------------------------------
+Every process holds a *shared* ``flock`` on ``LOCK`` (so an exclusive store cannot open the directory
+while they run, and they cannot open it while an exclusive store does), commits its own decisions
+and feedback to the one database (SQLite serialises writers across processes: ``BEGIN IMMEDIATE``
+takes the database's write lock, so ``seq`` order is commit order), and keeps its own in-memory
+online state. A process's state always reflects exactly the events with ``seq <= applied_seq``:
+:meth:`StateStore.catch_up` applies the events other processes committed since (one indexed
+``SELECT``), and :func:`apply_feedback` applies the events between the last applied one and its own
+new event before applying its own. So every process goes through the same ordered event log and
+reaches the same state as a single process would (and as recovery does); a process lags the log
+only by the events committed since it last caught up (the servicer catches up before each Search and
+Complete). Decisions are read from the database, so a Feedback may reach any process, whichever
+logged the decision. Snapshots: only the process holding an exclusive ``flock`` on
+``SNAPSHOT.LOCK`` (taken by the first process that wants to snapshot; released when it exits, so
+another takes over) writes them; each snapshot is still "the state after the events
+``seq <= seq_upto``". At graceful shutdown a process catches up before its final snapshot, and
+only the last process to leave truncates the WAL.
+
 The connection never checkpoints on commit (``wal_autocheckpoint=0``): a checkpoint copies the WAL into
 the database and ``fsync``-s it, which would land on whichever Feedback happened to cross the
 threshold. A background thread runs ``PRAGMA wal_checkpoint(PASSIVE)`` on its own connection every
@@ -100,6 +121,7 @@ logger = logging.getLogger(__name__)
 
 DB_NAME = "state.sqlite3"
 LOCK_NAME = "LOCK"
+SNAPSHOT_LOCK_NAME = "SNAPSHOT.LOCK"
 SCHEMA_VERSION = 1
 DECISION_KINDS = ("search", "complete")
 SYNCHRONOUS_MODES = ("NORMAL", "FULL")
@@ -442,18 +464,22 @@ class StateStore:
         Commits between background WAL checkpoints.
     keep_snapshots : int
         Snapshots kept (the newest ones); at least 1.
+    shared : bool
+        Open the directory together with other processes that also pass ``shared=True`` (module
+        doc, "Several processes"). False: this process alone.
 
     Raises
     ------
     ValueError
         Bad parameter.
     StateDirLocked
-        Another live process has the state directory open.
+        Another live process has the state directory open (any process, when not ``shared``; an
+        exclusive one, when ``shared``).
     """
 
     def __init__(self, state_dir: Path, *, synchronous: str = "NORMAL",
                  snapshot_every_events: int = 10_000, checkpoint_every_commits: int = 2_000,
-                 keep_snapshots: int = 2) -> None:
+                 keep_snapshots: int = 2, shared: bool = False) -> None:
         if synchronous not in SYNCHRONOUS_MODES:
             raise ValueError(f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}")
         for name, value, lo in (("snapshot_every_events", snapshot_every_events, 0),
@@ -466,15 +492,20 @@ class StateStore:
         self.snapshot_every_events = snapshot_every_events
         self.checkpoint_every_commits = checkpoint_every_commits
         self.keep_snapshots = keep_snapshots
+        self.shared = bool(shared)
         self.path = self.state_dir / DB_NAME
 
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = open(self.state_dir / LOCK_NAME, "a+b")
         try:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self._lock_file.fileno(), (fcntl.LOCK_SH if self.shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.close()
-            raise StateDirLocked(f"{self.state_dir}: state directory is in use by another process") from None
+            how = "exclusively by another process" if self.shared else "by another process"
+            raise StateDirLocked(f"{self.state_dir}: state directory is in use {how}") from None
+        # Exclusive mode: this process is the only one, so the only snapshot writer.
+        self._snapshot_lock_file = None
+        self._snapshot_writer = not self.shared
 
         self.lock = threading.RLock()
         self._db_lock = threading.Lock()
@@ -760,12 +791,17 @@ class StateStore:
         (or ``state.to_snapshot()`` if the state has no copy method); encoding and the write
         happen after it is released.
 
+        In shared mode only the snapshot writer (the process holding ``SNAPSHOT.LOCK``; this call
+        tries to become it) writes; the others return ``None``.
+
         Raises
         ------
         StateDiverged
             An earlier ``apply`` failed: the in-memory state may be half-updated, so it is not saved.
         """
         with self._snapshot_mutex:
+            if not self._claim_snapshot_writer():
+                return None
             with self.lock:
                 self._check_open()
                 if self._diverged is not None:
@@ -783,6 +819,25 @@ class StateStore:
             self.save_snapshot(seq_upto, blob)
         self._request(checkpoint=True)
         return seq_upto
+
+    def _claim_snapshot_writer(self) -> bool:
+        """True if this process writes snapshots (always when not shared; in shared mode, once it
+        holds the exclusive ``flock`` on ``SNAPSHOT.LOCK``, tried without blocking)."""
+        if self._snapshot_writer:
+            return True
+        if self._snapshot_lock_file is None:
+            self._snapshot_lock_file = open(self.state_dir / SNAPSHOT_LOCK_NAME, "a+b")
+        try:
+            fcntl.flock(self._snapshot_lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        self._snapshot_writer = True
+        return True
+
+    @property
+    def snapshot_writer(self) -> bool:
+        """Whether this process writes the snapshots (always true when not shared)."""
+        return self._snapshot_writer
 
     # -- recovery -----------------------------------------------------------------------------
     def recover(self, state: OnlineState) -> RecoveryResult:
@@ -823,6 +878,73 @@ class StateStore:
             self._recovered = True
         return RecoveryResult(snapshot_seq=base, n_replayed=n, last_seq=last, n_snapshots_skipped=skipped,
                               load_ms=(t1 - t0) * 1e3, replay_ms=(t2 - t1) * 1e3)
+
+    def catch_up(self, state: OnlineState, *, blocking: bool = True) -> int:
+        """Apply to ``state`` the events committed (by any process) after the last applied one.
+
+        In shared mode other processes append to the log; this brings the state to the newest
+        committed event, in seq order (one indexed ``SELECT`` when there is nothing new). In
+        exclusive mode it finds nothing (this process applies its own events as it commits them).
+        Returns the number of events applied.
+
+        Parameters
+        ----------
+        blocking : bool
+            False: return 0 at once if another thread holds the state lock (it is applying events,
+            so the state is being brought forward anyway).
+
+        Raises
+        ------
+        StateDiverged
+            An ``apply`` failed (now or earlier); the state stops at the last good event.
+        RuntimeError
+            :meth:`recover` has not run.
+        """
+        if not self.lock.acquire(blocking):
+            return 0
+        try:
+            self._check_applicable()
+            n, due = self._apply_pending(state, upto=None)
+        finally:
+            self.lock.release()
+        if due:
+            self._request(snapshot_state=state)
+        return n
+
+    def _check_applicable(self) -> None:
+        if not self._recovered:
+            raise RuntimeError("recover(state) must run before feedback is applied")
+        if self._diverged is not None:
+            raise StateDiverged("online state diverged from the log; restart to recover") from self._diverged
+
+    def _apply_pending(self, state: OnlineState, upto: int | None) -> tuple[int, bool]:
+        """Apply the committed events after ``applied_seq`` (below ``upto`` if given), in seq order.
+        Caller holds ``self.lock``. Returns (events applied, whether a snapshot is due)."""
+        n, due = 0, False
+        for event in self.events_after(self._applied_seq):
+            if upto is not None and event.seq >= upto:
+                break
+            due |= self._apply_one(state, event)
+            n += 1
+        return n, due
+
+    def _apply_one(self, state: OnlineState, event: FeedbackEvent) -> bool:
+        """Apply one committed event (the next in seq order); caller holds ``self.lock``. Marks the
+        store diverged if ``apply`` raises. Returns whether a periodic snapshot is now due."""
+        try:
+            state.apply(event)
+        except BaseException as exc:
+            self._diverged = exc
+            logger.error("%s: apply failed for committed event seq=%d; online state diverged",
+                         self.path, event.seq)
+            raise StateDiverged(f"apply failed for committed event seq={event.seq}") from exc
+        self._applied_seq = event.seq
+        due = (self.snapshot_every_events > 0
+               and event.seq - max(self._last_snapshot_seq, self._snapshot_requested_seq)
+               >= self.snapshot_every_events)
+        if due:
+            self._snapshot_requested_seq = event.seq
+        return due
 
     @property
     def applied_seq(self) -> int:
@@ -889,12 +1011,16 @@ class StateStore:
         self._stop_bg()
         try:
             if state is not None and self._recovered and self._diverged is None:
+                if self.shared:
+                    self.catch_up(state)  # the final snapshot covers what the other processes logged
                 self.snapshot(state)
-            try:
-                with self._db_lock:
-                    self._ckpt_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            except sqlite3.Error:
-                logger.warning("%s: final checkpoint failed", self.path, exc_info=True)
+            # Truncating the WAL waits for readers: only when no other process has the directory.
+            if self._last_one_out():
+                try:
+                    with self._db_lock:
+                        self._ckpt_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                except sqlite3.Error:
+                    logger.warning("%s: final checkpoint failed", self.path, exc_info=True)
         finally:
             with self._db_lock:
                 self._closed = True
@@ -902,11 +1028,24 @@ class StateStore:
                 self._conn.close()
             self._release_dir_lock()
 
+    def _last_one_out(self) -> bool:
+        """True unless other shared processes still have the directory open (tries to upgrade the
+        shared ``flock`` on ``LOCK`` to exclusive without blocking)."""
+        if not self.shared:
+            return True
+        try:
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        return True
+
     def _release_dir_lock(self) -> None:
         try:
             fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
         finally:
             self._lock_file.close()
+            if self._snapshot_lock_file is not None:
+                self._snapshot_lock_file.close()  # closing the file releases its flock
 
     def __enter__(self) -> "StateStore":
         return self
@@ -921,8 +1060,9 @@ def apply_feedback(store: StateStore, state: OnlineState, decision_id: str, item
     """Commit a feedback event, then apply it to ``state``, both under ``store.lock``.
 
     Holding one lock across "commit, apply" makes the order of application equal the seq order,
-    which is what replay uses, so recovery reproduces the live state exactly. A duplicate is not
-    applied again. When ``store.snapshot_every_events`` events have been applied since the last
+    which is what replay uses, so recovery reproduces the live state exactly. In shared mode the
+    events other processes committed before this one are applied first (in seq order). A duplicate
+    is not applied again. When ``store.snapshot_every_events`` events have been applied since the last
     snapshot, a background snapshot is requested.
 
     Raises
@@ -936,26 +1076,14 @@ def apply_feedback(store: StateStore, state: OnlineState, decision_id: str, item
         :meth:`StateStore.recover` has not run.
     """
     with store.lock:
-        if not store._recovered:
-            raise RuntimeError("recover(state) must run before feedback is applied")
-        if store._diverged is not None:
-            raise StateDiverged("online state diverged from the log; restart to recover") from store._diverged
+        store._check_applicable()
         result = store.record_feedback(decision_id, item, position, payload, validate=validate)
         if result.duplicate:
             return result
-        try:
-            state.apply(result.event)
-        except BaseException as exc:
-            store._diverged = exc
-            logger.error("%s: apply failed for committed event seq=%d; online state diverged",
-                         store.path, result.seq)
-            raise StateDiverged(f"apply failed for committed event seq={result.seq}") from exc
-        store._applied_seq = result.seq
-        due = (store.snapshot_every_events > 0
-               and result.seq - max(store._last_snapshot_seq, store._snapshot_requested_seq)
-               >= store.snapshot_every_events)
-        if due:
-            store._snapshot_requested_seq = result.seq
+        due = False
+        if result.seq > store._applied_seq + 1:  # shared mode: other processes' events come first
+            due = store._apply_pending(state, upto=result.seq)[1]
+        due |= store._apply_one(state, result.event)
     if due:
         store._request(snapshot_state=state)
     return result

@@ -135,11 +135,11 @@ def test_recovery_from_snapshot_equals_full_replay(artifacts, asks, tmp_path):
 
 
 class _Server:
-    def __init__(self, artifacts: Path, state: Path, log: Path):
+    def __init__(self, artifacts: Path, state: Path, log: Path, *extra: str):
         self._log = open(log, "a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "serving.cli", "serve", "--artifacts", str(artifacts), "--state", str(state),
-             "--port", "0"], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True)
+             "--port", "0", *extra], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=self._log, text=True)
         deadline = time.monotonic() + 180
         line = ""
         while time.monotonic() < deadline:
@@ -283,3 +283,139 @@ def test_completion_feedback_is_learned_online_and_recovered_from_the_state(arti
         assert again.user_history.count(user, issued)[0] == 1
     finally:
         svc2.close()
+
+
+# ------------------------------------------------------------------ several processes, one state
+def _shared_service(artifacts: Path, state_dir: Path, completer=None) -> SearchService:
+    ce = load_engine(artifacts / SEARCH_DIR / "aol")
+    return SearchService({ce.name: ce}, st.StateStore(state_dir, shared=True), seed=0, completer=completer)
+
+
+def _assert_same_arrays(got: dict, want: dict) -> None:
+    assert sorted(got) == sorted(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def test_services_sharing_a_state_directory_learn_from_each_others_feedback(artifacts, asks, tmp_path):
+    """Two services on one shared state directory (as two server processes would be): decisions
+    logged by one take feedback through the other, and each applies the other's events (search
+    and completion feedback) before it answers, reaching the state of one process replaying the log."""
+    from qac.completer import Completer
+
+    state_dir = tmp_path / "state"
+    svcs = [_shared_service(artifacts, state_dir, Completer.load(artifacts)) for _ in range(2)]
+    try:
+        n = 0
+        for i, (user, query, ts, clicked) in enumerate(asks[:120]):
+            a, b = svcs[i % 2], svcs[1 - i % 2]
+            res = a.search(query, _ctx(user, ts), 10, "aol")
+            for key in clicked:
+                if a.engines["aol"].catalog.id_of(key) is not None:
+                    assert not b.feedback(res.decision_id, key, None, 0, ts).duplicate  # logged by the other
+                    assert a.feedback(res.decision_id, key, None, 0, ts).duplicate  # counted once
+                    n += 1
+        completion = svcs[0].record_completion(_ctx("777", asks[0][2]), "wea", ["weather", "weather com"])
+        assert svcs[1].feedback(completion, None, "weather", 0, asks[0][2]).reward == 1.0
+        assert n > 20
+        before = svcs[0].state._arrays()
+        last = svcs[1].store.applied_seq
+        assert svcs[0].store.applied_seq < last  # svcs[0] has not seen the last events yet
+        svcs[0].search(asks[0][1], _ctx(asks[0][0], asks[0][2]), 5)  # a Search catches up first
+        assert svcs[0].store.applied_seq == last
+        after = [s.state._arrays() for s in svcs]
+        assert any(not np.array_equal(before[k], after[0][k]) for k in before)
+        _assert_same_arrays(after[0], after[1])
+        assert svcs[0].state.completer.user_history.count("777", "weather")[0] == 1  # completion feedback too
+        events = list(svcs[0].store.events_after(0))
+    finally:
+        for s in svcs:
+            s.close()
+    fresh = SearchService({"aol": load_engine(artifacts / SEARCH_DIR / "aol")}, st.StateStore(tmp_path / "fresh"),
+                          seed=0, completer=Completer.load(artifacts))
+    try:
+        for e in events:
+            fresh.state.apply(e)
+        _assert_same_arrays(fresh.state._arrays(), after[0])
+    finally:
+        fresh.close()
+
+
+def test_two_server_processes_on_one_state_survive_kill_9_of_one(artifacts, asks, tmp_path):
+    """Two real ``qac serve --shared-state`` processes on one state directory: Search on one,
+    Feedback on the other, one killed with SIGKILL mid-stream; every acknowledged event is in the log
+    once, the survivor's final snapshot covers the whole log, and recovery equals a full replay."""
+    state_dir = tmp_path / "state"
+    servers = [_Server(artifacts, state_dir, tmp_path / f"serve{i}.log", "--shared-state") for i in range(2)]
+    decisions = []
+    for i, (user, query, ts, clicked) in enumerate(asks[:120]):
+        decision_id, items = client.search(servers[i % 2].target, query, k=10, catalog="aol", user_id=user)
+        decisions += [(i, decision_id, item_id) for item_id, *_ in items[:2]]
+    acked: list[tuple[str, str]] = []
+    errors: list[Exception] = []
+
+    def stream():
+        for i, decision_id, item_id in decisions:
+            target = servers[1 - i % 2].target  # feedback to the process that did not log the decision
+            try:
+                dup, reward = client.feedback(target, decision_id, clicked_item_id=item_id)
+            except grpc.RpcError as exc:  # servers[0] died under us: that event is unacknowledged
+                errors.append(exc)
+                continue
+            assert not dup and reward == 1.0
+            acked.append((decision_id, item_id))
+
+    t = threading.Thread(target=stream)
+    t.start()
+    while len(acked) < len(decisions) // 3 and t.is_alive():
+        time.sleep(0.002)
+    servers[0].kill9()
+    t.join(60)
+    assert errors and len(acked) >= len(decisions) // 2, "the kill must land mid-stream; the survivor goes on"
+    # The survivor answers with the state that includes the dead process's acknowledged feedback.
+    assert client.feedback(servers[1].target, *acked[0])[0]  # duplicate, whichever process took it
+    assert servers[1].stop() == 0
+
+    store = st.StateStore(state_dir)
+    try:
+        events = list(store.events_after(0))
+        snapshot_seq = store.snapshot_seqs()[-1]
+    finally:
+        store.close()
+    committed = [(e.decision_id, e.item) for e in events]
+    assert len(set(committed)) == len(committed) and set(acked) <= set(committed)
+    assert len(committed) - len(acked) <= 1  # at most the one in flight on the killed process
+    assert snapshot_seq == events[-1].seq  # the survivor caught up before its final snapshot
+
+    recovered = _service(artifacts, state_dir)
+    fresh = _service(artifacts, tmp_path / "fresh")
+    try:
+        for e in events:
+            fresh.state.apply(e)
+        _assert_same_arrays(recovered.state._arrays(), fresh.state._arrays())
+    finally:
+        recovered.close()
+        fresh.close()
+
+
+def test_processes_share_the_port_and_the_search_state(artifacts, asks, tmp_path):
+    """``qac serve --processes 2``: Search, Feedback and previews on one port, over several
+    connections (the kernel spreads them over the processes), all on one state directory."""
+    server = _Server(artifacts, tmp_path / "state", tmp_path / "serve.log", "--processes", "2")
+    try:
+        for user, query, ts, _ in asks[:16]:
+            # client.search and client.feedback open a new connection (channel) per call
+            decision_id, items = client.search(server.target, query, k=5, catalog="aol", user_id=user)
+            assert decision_id and items
+            dup, reward = client.feedback(server.target, decision_id, clicked_item_id=items[0][0])
+            assert not dup and reward == 1.0
+        completions = client.complete(server.target, "weather", [], k=3, preview_k=2, preview_completions=1,
+                                      catalog="aol")
+        assert completions and completions[0][3]
+    finally:
+        assert server.stop() == 0
+    store = st.StateStore(tmp_path / "state")
+    try:
+        assert store.counts()["n_feedback"] == 16
+    finally:
+        store.close()

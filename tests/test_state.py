@@ -506,3 +506,128 @@ def test_feedback_before_recover_and_after_close_is_refused(tmp_path):
 
 def test_toy_state_satisfies_protocol():
     assert isinstance(ToyState(), OnlineState)
+
+
+# --------------------------------------------------------------------------------------------------
+# several processes on one directory (shared=True); two stores in one process stand for two
+# processes here (flock locks belong to the open file, so they exclude each other the same way)
+# --------------------------------------------------------------------------------------------------
+def _twin_upto(store: StateStore, seq: int) -> dict:
+    return _twin([(e.seq, e.decision["query"], e.decision["arm"], e.item, e.payload["reward"])
+                  for e in store.events_after(0) if e.seq <= seq])
+
+
+def test_shared_stores_apply_every_process_events_in_seq_order(tmp_path):
+    stores = [StateStore(tmp_path / "s", snapshot_every_events=0, shared=True) for _ in range(2)]
+    states = [ToyState(), ToyState()]
+    try:
+        for store, state in zip(stores, states):
+            store.recover(state)
+        rng = np.random.default_rng(3)
+        owner: dict[str, int] = {}
+        for e in _events(120, seed=5):
+            if e["new"]:
+                owner[e["decision_id"]] = w = int(rng.integers(2))
+                stores[w].record_decision(e["decision_id"], "search", {"query": e["query"], "arm": e["arm"]})
+            # Feedback reaches either process, whichever logged the decision.
+            w = int(rng.integers(2))
+            res = apply_feedback(stores[w], states[w], e["decision_id"], e["item"], e["position"],
+                                 {"reward": e["reward"]})
+            assert not res.duplicate and stores[w].applied_seq == res.seq
+            # The process that took it has applied exactly the log up to its event (the other
+            # processes' events first, in seq order: the chain hash would differ otherwise).
+            assert states[w].to_json() == _twin_upto(stores[w], res.seq)
+            if rng.random() < 0.3:
+                other = 1 - w
+                n_before = stores[other].applied_seq
+                applied = stores[other].catch_up(states[other])
+                assert stores[other].applied_seq == res.seq and applied == res.seq - n_before
+                assert states[other].to_json() == _twin_upto(stores[other], res.seq)
+        assert len({owner[d] for d in owner}) == 2
+        for store, state in zip(stores, states):
+            store.catch_up(state)
+            assert store.catch_up(state) == 0
+            assert state.to_json() == _twin_of_log(store)
+        # A duplicate sent to the other process is counted once there too.
+        first = next(stores[0].events_after(0))
+        dup = apply_feedback(stores[1], states[1], first.decision_id, first.item, 0, {"reward": 1.0})
+        assert dup.duplicate and dup.seq == first.seq
+        assert states[1].to_json() == _twin_of_log(stores[1])
+    finally:
+        for store, state in zip(stores, states):
+            store.close()
+
+
+def test_shared_and_exclusive_stores_exclude_each_other(tmp_path):
+    shared = StateStore(tmp_path / "s", shared=True)
+    with pytest.raises(StateDirLocked, match="in use by another process"):
+        StateStore(tmp_path / "s")
+    StateStore(tmp_path / "s", shared=True).close()  # shared ones coexist
+    shared.close()
+    exclusive = StateStore(tmp_path / "s")
+    with pytest.raises(StateDirLocked, match="in use exclusively"):
+        StateStore(tmp_path / "s", shared=True)
+    exclusive.close()
+
+
+def test_one_shared_store_writes_snapshots_and_another_takes_over(tmp_path):
+    a = StateStore(tmp_path / "s", snapshot_every_events=0, shared=True)
+    b = StateStore(tmp_path / "s", snapshot_every_events=0, shared=True)
+    sa, sb = ToyState(), ToyState()
+    a.recover(sa)
+    b.recover(sb)
+    events = _events(40, seed=9)
+    _feed(a, sa, events[:20])
+    assert a.snapshot(sa) == 20 and a.snapshot_writer
+    b.catch_up(sb)
+    assert b.snapshot(sb, force=True) is None and not b.snapshot_writer  # a holds SNAPSHOT.LOCK
+    assert a.snapshot_seqs() == [20]
+    _feed(a, sa, events[20:])
+    a.close(sa)  # writer's final snapshot; it leaves, releasing SNAPSHOT.LOCK
+    assert b.snapshot_seqs() == [20, 40]
+    _feed(b, sb, [{**events[0], "decision_id": "late", "new": True}])
+    b.close(sb)  # b caught up (events 21-40 from a) and took over as the writer
+    assert b.snapshot_writer
+    again = StateStore(tmp_path / "s")
+    st2 = ToyState()
+    try:
+        rec = again.recover(st2)
+        assert rec.snapshot_seq == 41 and rec.n_replayed == 0
+        assert st2.to_json() == _twin_of_log(again)
+    finally:
+        again.close()
+
+
+def test_shared_store_feedback_loses_nothing_under_threads_of_two_processes(tmp_path):
+    stores = [StateStore(tmp_path / "s", snapshot_every_events=25, shared=True) for _ in range(2)]
+    states = [ToyState(), ToyState()]
+    for store, state in zip(stores, states):
+        store.recover(state)
+    events = [e for e in _events(200, seed=11) if e["new"]]
+    for e in events:
+        stores[0].record_decision(e["decision_id"], "search", {"query": e["query"], "arm": e["arm"]})
+    errors = []
+
+    def worker(w: int, part: list[dict]) -> None:
+        try:
+            for e in part:
+                apply_feedback(stores[w], states[w], e["decision_id"], e["item"], e["position"],
+                               {"reward": e["reward"]})
+                stores[1 - w].catch_up(states[1 - w], blocking=False)
+        except Exception as exc:  # noqa: BLE001 - surfaced by the assert below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i % 2, events[i::4])) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    try:
+        for store, state in zip(stores, states):
+            store.catch_up(state)
+            assert state.to_json() == _twin_of_log(store)
+            assert state.last_seq == len(events)
+    finally:
+        for store, state in zip(stores, states):
+            store.close(state)
