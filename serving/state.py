@@ -569,13 +569,33 @@ class StateStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-            self._commits_since_checkpoint += 1
-            due = self._commits_since_checkpoint >= self.checkpoint_every_commits
-            if due:
-                self._commits_since_checkpoint = 0
+            due = self._count_commit()
         if due:
             self._request(checkpoint=True)
         return out
+
+    def _write_one(self, sql: str, params: tuple) -> int:
+        """Run one INSERT as its own (autocommit) transaction under the db lock; returns its rowid.
+
+        One statement is one ``sqlite3_step`` with the GIL released, so SQLite's write lock (which
+        other processes sharing the directory wait for) is held only while C code runs, never across
+        Python bytecode that may wait for the GIL. Raises ``sqlite3.IntegrityError`` on a constraint.
+        """
+        with self._db_lock:
+            self._check_open()
+            rowid = self._conn.execute(sql, params).lastrowid
+            due = self._count_commit()
+        if due:
+            self._request(checkpoint=True)
+        return int(rowid)
+
+    def _count_commit(self) -> bool:
+        """Count a commit (caller holds the db lock); True when a background checkpoint is due."""
+        self._commits_since_checkpoint += 1
+        due = self._commits_since_checkpoint >= self.checkpoint_every_commits
+        if due:
+            self._commits_since_checkpoint = 0
+        return due
 
     def _check_open(self) -> None:
         if self._closed:
@@ -607,15 +627,11 @@ class StateStore:
             raise InvalidEvent("kind", f"must be one of {DECISION_KINDS}, got {kind!r}")
         text = _dump_payload("payload", payload)
         now = time.time()
-
-        def insert(conn: sqlite3.Connection) -> None:
-            try:
-                conn.execute("INSERT INTO decisions(decision_id, created_at, kind, payload) VALUES (?, ?, ?, ?)",
-                             (decision_id, now, kind, text))
-            except sqlite3.IntegrityError:
-                raise DuplicateDecision(decision_id) from None
-
-        self._write(insert)
+        try:
+            self._write_one("INSERT INTO decisions(decision_id, created_at, kind, payload) VALUES (?, ?, ?, ?)",
+                            (decision_id, now, kind, text))
+        except sqlite3.IntegrityError:
+            raise DuplicateDecision(decision_id) from None
         return now
 
     def get_decision(self, decision_id: str) -> tuple[str, float, dict] | None:
@@ -646,9 +662,9 @@ class StateStore:
         payload : dict, optional
             JSON-able extras (e.g. dwell time), at most 64 KiB as JSON.
         validate : callable, optional
-            Called with the would-be event (decision payload included) inside the transaction,
-            before the insert; an exception it raises (e.g. :class:`InvalidEvent` "item was not in
-            the response") aborts the write and propagates.
+            Called with the would-be event (decision payload included) before the insert; an
+            exception it raises (e.g. :class:`InvalidEvent` "item was not in the response") means
+            nothing is written, and propagates.
 
         Returns
         -------
@@ -668,27 +684,39 @@ class StateStore:
         position = _check_position(position)
         text = _dump_payload("payload", payload)
 
-        def insert(conn: sqlite3.Connection) -> FeedbackResult:
-            row = conn.execute("SELECT kind, created_at, payload FROM decisions WHERE decision_id = ?",
-                               (decision_id,)).fetchone()
-            if row is None:
-                raise UnknownDecision(decision_id)
-            dup = conn.execute("SELECT seq FROM feedback WHERE decision_id = ? AND item = ?",
-                               (decision_id, item)).fetchone()
-            if dup is not None:
-                return FeedbackResult(seq=int(dup[0]), duplicate=True)
-            now = time.time()
-            event = FeedbackEvent(seq=0, decision_id=decision_id, item=item, position=position, created_at=now,
-                                  payload=json.loads(text), kind=row[0], decided_at=row[1],
-                                  decision=json.loads(row[2]))
-            if validate is not None:
-                validate(event)
-            seq = conn.execute("INSERT INTO feedback(decision_id, item, position, created_at, payload) "
-                               "VALUES (?, ?, ?, ?, ?) RETURNING seq",
-                               (decision_id, item, position, now, text)).fetchone()[0]
-            return FeedbackResult(seq=int(seq), duplicate=False, event=replace(event, seq=int(seq)))
+        # Decisions are immutable once written and (decision_id, item) is UNIQUE, so the reads need
+        # no write transaction: the insert is one autocommit statement (see ``_write_one``), and a
+        # duplicate committed meanwhile (by another process) shows as the constraint failing.
+        with self._db_lock:
+            self._check_open()
+            row = self._conn.execute("SELECT kind, created_at, payload FROM decisions WHERE decision_id = ?",
+                                     (decision_id,)).fetchone()
+        if row is None:
+            raise UnknownDecision(decision_id)
+        dup = self._feedback_seq(decision_id, item)
+        if dup is not None:
+            return FeedbackResult(seq=dup, duplicate=True)
+        now = time.time()
+        event = FeedbackEvent(seq=0, decision_id=decision_id, item=item, position=position, created_at=now,
+                              payload=json.loads(text), kind=row[0], decided_at=row[1], decision=json.loads(row[2]))
+        if validate is not None:
+            validate(event)
+        try:
+            seq = self._write_one("INSERT INTO feedback(decision_id, item, position, created_at, payload) "
+                                  "VALUES (?, ?, ?, ?, ?)", (decision_id, item, position, now, text))
+        except sqlite3.IntegrityError:
+            dup = self._feedback_seq(decision_id, item)
+            if dup is None:
+                raise
+            return FeedbackResult(seq=dup, duplicate=True)
+        return FeedbackResult(seq=seq, duplicate=False, event=replace(event, seq=seq))
 
-        return self._write(insert)
+    def _feedback_seq(self, decision_id: str, item: str) -> int | None:
+        with self._db_lock:
+            self._check_open()
+            dup = self._conn.execute("SELECT seq FROM feedback WHERE decision_id = ? AND item = ?",
+                                     (decision_id, item)).fetchone()
+        return None if dup is None else int(dup[0])
 
     def last_seq(self) -> int:
         """Seq of the newest committed feedback event (0 if none)."""
