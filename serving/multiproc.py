@@ -55,17 +55,22 @@ def reserve_port(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _child_command(config: ServerConfig, port: int, search: bool) -> list[str]:
-    search_args = ((["--state", str(config.state_dir)] if config.state_dir is not None else []) + ["--shared-state"]
+def _child_command(config: ServerConfig, port: int, search: bool, blocklist: str | Path | None = None) -> list[str]:
+    """A child's ``qac serve`` command line. Paths are made absolute here: children run in the repo root."""
+    def path(p: str | Path) -> str:
+        return str(Path(p).absolute())
+
+    search_args = ((["--state", path(config.state_dir)] if config.state_dir is not None else []) + ["--shared-state"]
                    if search else ["--no-search"])
-    return [sys.executable, "-m", "serving.cli", "serve", "--artifacts", str(config.artifacts),
+    return [sys.executable, "-m", "serving.cli", "serve", "--artifacts", path(config.artifacts),
             "--host", config.host, "--port", str(port), "--max-workers", str(config.max_workers),
             "--mode", config.mode, "--reuse-port", *search_args,
+            *(["--blocklist", path(blocklist)] if blocklist else []),
             *(["--switch-interval-ms", str(config.switch_interval_ms)] if config.switch_interval_ms is not None else [])]
 
 
 def serve_processes(config: ServerConfig, n_processes: int, *, out: TextIO | None = None,
-                    search: bool = True) -> int:
+                    search: bool = True, blocklist: str | Path | None = None) -> int:
     """Run ``n_processes`` servers on one port until SIGTERM/SIGINT.
 
     Parameters
@@ -80,6 +85,8 @@ def serve_processes(config: ServerConfig, n_processes: int, *, out: TextIO | Non
     search : bool
         Serve Search/Feedback/previews (when the artifacts have ``search/``) on one shared state
         directory; False = completion only (``--no-search``).
+    blocklist : str or Path or None
+        File of terms no completion may contain (``qac serve --blocklist``), passed to every child.
 
     Returns
     -------
@@ -117,7 +124,7 @@ def serve_processes(config: ServerConfig, n_processes: int, *, out: TextIO | Non
     code = 0
     try:
         for i in range(n_processes):
-            proc = subprocess.Popen(_child_command(config, port, search), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(_child_command(config, port, search, blocklist), cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True)
             children.append(proc)
             threading.Thread(target=pump, args=(i, proc), daemon=True).start()
         ready: set[int] = set()

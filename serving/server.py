@@ -442,18 +442,6 @@ def main_serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    n_processes = getattr(args, "processes", 1) or 1
-    if n_processes != 1:
-        from serving.multiproc import serve_processes  # noqa: PLC0415 - only this mode needs it
-
-        return serve_processes(config, n_processes, search=not getattr(args, "no_search", False))
-    search_loader = None if getattr(args, "no_search", False) else search_loader_for(config.artifacts)
-    if search_loader is not None and getattr(args, "shared_state", False):
-        search_loader = functools.partial(search_loader, shared_state=True)
-    if search_loader is None:
-        logger.info("no search/ in %s: serving completion only", config.artifacts)
-        if state_dir is not None:
-            logger.warning("--state %s is ignored: the artifacts have no search index", state_dir)
     blocklist = getattr(args, "blocklist", None)
     if blocklist:
         from qac.blocklist import Blocklist, BlocklistError  # noqa: PLC0415
@@ -463,6 +451,19 @@ def main_serve(args: argparse.Namespace) -> int:
         except BlocklistError as exc:
             print(f"error: --blocklist {exc}", file=sys.stderr)
             return 2
+    n_processes = getattr(args, "processes", 1) or 1
+    if n_processes != 1:
+        from serving.multiproc import serve_processes  # noqa: PLC0415 - only this mode needs it
+
+        return serve_processes(config, n_processes, search=not getattr(args, "no_search", False),
+                               blocklist=blocklist)
+    search_loader = None if getattr(args, "no_search", False) else search_loader_for(config.artifacts)
+    if search_loader is not None and getattr(args, "shared_state", False):
+        search_loader = functools.partial(search_loader, shared_state=True)
+    if search_loader is None:
+        logger.info("no search/ in %s: serving completion only", config.artifacts)
+        if state_dir is not None:
+            logger.warning("--state %s is ignored: the artifacts have no search index", state_dir)
     try:
         return serve(config, functools.partial(load_completer, blocklist=blocklist) if blocklist else load_completer,
                      search_loader)

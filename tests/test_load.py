@@ -380,6 +380,23 @@ def test_processes_share_one_port_and_serve_completion_only(artifacts, tmp_path)
         assert server.terminate() == 0
 
 
+def test_processes_all_apply_the_blocklist(artifacts, tmp_path):
+    from qac.completer import Completer
+    from serving import client
+
+    first = Completer.load(artifacts).complete(["cheap flights"], "ho", 5)[0].text
+    term = first.split()[0]
+    blocklist = tmp_path / "blocklist.txt"
+    blocklist.write_text(term + "\n", encoding="utf-8")
+    server = ServerProcess(artifacts, tmp_path / "serve.stderr", ("--processes", "2", "--blocklist", str(blocklist)))
+    try:
+        for _ in range(8):  # a new connection per call, so both processes answer some
+            got = client.complete(server.target, "ho", ["cheap flights"], k=5)
+            assert got and all(term not in text.split() for text, *_ in got)
+    finally:
+        assert server.terminate() == 0
+
+
 # ------------------------------------------------------------------------------- bench.rpc_cost
 
 def test_rpc_cost_times_the_handlers_of_a_real_server(artifacts, tmp_path, small_log, capsys):
