@@ -3,7 +3,7 @@
 Usage::
 
     python -m bench.rpc_cost --artifacts runs/dev/final_art [--rpcs echo,complete,search_aol]
-        [--n 600] [--server-cpus 0] [--client-cpus 1] [--json OUT]
+        [--n 600] [--gap-ms 0,2,10] [--server-cpus 0] [--client-cpus 1] [--json OUT]
 
 The open-loop load test (:mod:`bench.load`) reports the server's CPU per request under a given
 arrival rate, where queueing, idle gaps and thread hand-offs all play a part. This benchmark takes
@@ -17,6 +17,11 @@ per kind:
 - the handler's thread CPU per request (``time.thread_time_ns`` around the handler, ms), so that
   ``process - handler`` is what the gRPC plumbing costs (compare the ``echo`` row, which has no
   handler of ours).
+
+``--gap-ms`` repeats each kind with the client sleeping that many milliseconds after every answer
+(rows ``KIND@GAPms``; the default ``0`` gives rows named ``KIND``): an open-loop server at a moderate
+rate idles between requests, and on a VM whose idle CPU the host takes back, the next request then
+finds its caches cold. Gap 0 is that comparison's baseline, in the same run.
 
 Baseline in the same run: the ``echo`` RPC (``qac.v1.Echo``), the floor Python gRPC costs. The machine
 info and load average go into the JSON; the server's CPU per request moves with what else the machine
@@ -75,7 +80,7 @@ def serve_instrumented(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------- the client side
 
 def run(artifacts: Path, kinds: list[str], n: int, warmup: int, server_cpus, client_cpus, log: Path,
-        progress=print) -> dict:
+        progress=print, gaps_ms: tuple[float, ...] = (0.0,)) -> dict:
     """Start the instrumented server, send each kind closed loop, stop the server; the report dict."""
     import grpc
 
@@ -85,7 +90,9 @@ def run(artifacts: Path, kinds: list[str], n: int, warmup: int, server_cpus, cli
     workload = load.build_workload({"complete", "search_aol"} & set(kinds) or {"complete"}, log, None, 0,
                                    max(n + warmup, 1))
     report: dict = {"machine": machine_info(), "config": {"artifacts": str(artifacts), "n": n, "warmup": warmup,
-                                                          "kinds": kinds, "log": str(log)}}
+                                                          "kinds": kinds, "log": str(log), "gaps_ms": list(gaps_ms)}}
+    names = {g: (lambda kind: kind) if list(gaps_ms) == [0.0] else (lambda kind, g=g: f"{kind}@{g:g}ms")
+             for g in gaps_ms}
     with tempfile.TemporaryDirectory(prefix="qac-rpc-cost-") as tmp:
         server = load.SpawnedServer(artifacts, "threads", 8, 1, Path(tmp) / "state", Path(tmp) / "serve.log",
                                     module="bench.rpc_cost", cpus=server_cpus)
@@ -106,27 +113,34 @@ def run(artifacts: Path, kinds: list[str], n: int, warmup: int, server_cpus, cli
                 for kind in kinds:
                     for i in range(warmup):
                         send[kind](i)
-                    latencies = []
-                    c0 = load.cpu_seconds([server.pid])
-                    for i in range(warmup, warmup + n):
-                        t0 = time.perf_counter_ns()
-                        send[kind](i)
-                        latencies.append(time.perf_counter_ns() - t0)
-                    cpu_ms = (load.cpu_seconds([server.pid]) - c0) * 1e3 / n
-                    rows[kind] = {"latency_ms": load.latency_summary_ms(latencies),
-                                  "server_cpu_ms_per_request": cpu_ms, "loadavg_1m": os.getloadavg()[0]}
-                    progress(f"{kind:11s} n={n}  client-seen p50 {rows[kind]['latency_ms']['p50']:.3f} ms "
-                             f"p99 {rows[kind]['latency_ms']['p99']:.3f} ms  server CPU {cpu_ms:.3f} ms/request")
+                    for gi, gap in enumerate(gaps_ms):
+                        latencies = []
+                        c0 = load.cpu_seconds([server.pid])
+                        for i in range(warmup + gi * n, warmup + (gi + 1) * n):
+                            t0 = time.perf_counter_ns()
+                            send[kind](i)
+                            latencies.append(time.perf_counter_ns() - t0)
+                            if gap:
+                                time.sleep(gap / 1e3)
+                        cpu_ms = (load.cpu_seconds([server.pid]) - c0) * 1e3 / n
+                        name = names[gap](kind)
+                        rows[name] = {"latency_ms": load.latency_summary_ms(latencies), "gap_ms": gap,
+                                      "server_cpu_ms_per_request": cpu_ms, "loadavg_1m": os.getloadavg()[0]}
+                        progress(f"{name:11s} n={n}  client-seen p50 {rows[name]['latency_ms']['p50']:.3f} ms "
+                                 f"p99 {rows[name]['latency_ms']['p99']:.3f} ms  server CPU {cpu_ms:.3f} ms/request")
         finally:
             report["server"]["exit_code"] = server.stop()
             os.sched_setaffinity(0, own)
         handler = _handler_stats(Path(tmp) / "serve.log")
-    # Handler samples: the warm-up requests come first in each list; drop them.
+    # Handler samples, in send order: the warm-up requests, then n per gap.
     for kind, rpc in (("complete", "Complete"), ("search_aol", "Search")):
-        if kind in rows:
+        if kind in kinds:
             samples = handler.get(rpc, [])
-            cpu = rows[kind]["handler_thread_cpu_ms"] = load.latency_summary_ms(samples[warmup:warmup + n])
-            progress(f"{kind:11s} handler thread CPU mean {cpu['mean'] or 0.0:.3f} ms")
+            for gi, gap in enumerate(gaps_ms):
+                name = names[gap](kind)
+                cpu = rows[name]["handler_thread_cpu_ms"] = load.latency_summary_ms(
+                    samples[warmup + gi * n:warmup + (gi + 1) * n])
+                progress(f"{name:11s} handler thread CPU mean {cpu['mean'] or 0.0:.3f} ms")
     report["rpcs"] = rows
     return report
 
@@ -153,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--server-cpus", default=None, metavar="LIST")
     ap.add_argument("--client-cpus", default=None, metavar="LIST")
     ap.add_argument("--log", type=Path, default=DEFAULT_LOG, help="AOL-format log the requests come from")
+    ap.add_argument("--gap-ms", default="0", metavar="LIST",
+                    help="comma-separated idle gaps after each answer, ms (each kind measured at each)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     try:
@@ -162,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"--rpcs: unknown {bad}, choose from {KINDS}")
         if args.n < 1 or args.warmup < 0:
             raise ValueError("--n must be >= 1 and --warmup >= 0")
+        try:
+            gaps = tuple(float(g) for g in args.gap_ms.split(",") if g.strip())
+        except ValueError:
+            raise ValueError(f"--gap-ms {args.gap_ms!r}: comma-separated numbers of milliseconds") from None
+        if not gaps or len(set(gaps)) != len(gaps) or any(not 0 <= g <= 1000 for g in gaps):
+            raise ValueError(f"--gap-ms {args.gap_ms!r}: distinct values in 0..1000")
         server_cpus = parse_cpus(args.server_cpus) if args.server_cpus else None
         client_cpus = parse_cpus(args.client_cpus) if args.client_cpus else None
         if not Path(args.log).is_file():
@@ -170,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench.rpc_cost: error: {exc}", file=sys.stderr)
         return 2
     report = run(args.artifacts, kinds, args.n, args.warmup, server_cpus, client_cpus, args.log,
-                 progress=lambda s: print(s, flush=True))
+                 progress=lambda s: print(s, flush=True), gaps_ms=gaps)
     print(f"machine: {report['machine']}")
     if args.json:
         write_json(args.json, report)

@@ -417,6 +417,20 @@ def test_rpc_cost_times_the_handlers_of_a_real_server(artifacts, tmp_path, small
     assert handler["mean"] <= complete["latency_ms"]["mean"] and "handler thread CPU" in capsys.readouterr().out
 
 
+def test_rpc_cost_repeats_each_kind_at_each_idle_gap(artifacts, tmp_path, small_log):
+    from bench import rpc_cost
+
+    out = tmp_path / "cost.json"
+    code = rpc_cost.main(["--artifacts", str(artifacts), "--rpcs", "complete", "--n", "20", "--warmup", "5",
+                          "--gap-ms", "0,20", "--log", str(small_log), "--json", str(out)])
+    assert code == 0
+    rows = json.loads(out.read_text())["rpcs"]
+    assert set(rows) == {"complete@0ms", "complete@20ms"}
+    for name, gap in (("complete@0ms", 0), ("complete@20ms", 20)):
+        assert rows[name]["gap_ms"] == gap and rows[name]["handler_thread_cpu_ms"]["n"] == 20
+    assert rpc_cost.main(["--artifacts", str(artifacts), "--gap-ms", "0,0", "--json", str(out)]) == 2  # repeated
+
+
 @pytest.mark.parametrize("args, message", [
     (["--rpcs", "bogus"], "unknown"),
     (["--n", "0"], "--n must be"),
