@@ -27,6 +27,7 @@ from retrieval.arms.memory import build_memory_arm
 from retrieval.arms.popularity import PopularityArm
 from retrieval.arms.semantic import build_semantic_arm
 from retrieval.catalog import Catalog, expanded_texts
+from retrieval.growth import AOL_GROWTH, CLOSED, CatalogGrowth
 from retrieval.pipeline import ARM_FEATURES, CONTEXT_FEATURES
 from retrieval.policy import PolicyConfig, build_policy
 
@@ -67,6 +68,8 @@ class SearchBuildConfig:
     policy: PolicyConfig = PolicyConfig(kind="joint")
     default_budget: int = 100
     seed: int = 0
+    # Items added while serving (retrieval.growth): closed unless the catalogue's config opens it.
+    growth: CatalogGrowth = CLOSED
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_budget <= 1000:
@@ -82,7 +85,8 @@ HOMEDEPOT_BUILD_CONFIG = SearchBuildConfig(policy=PolicyConfig(kind="joint", rid
 # 1000 keeps the per-allocation models from chasing noise away from it. Inner split (train before
 # 2006-05-11, replay 05-11..17; bench.bandit_sim over bench.bandit_cache), union recall@20:
 # ridge 1 0.5446, ridge 1000 0.5484 (the stack arm alone 0.5500).
-AOL_BUILD_CONFIG = SearchBuildConfig(policy=PolicyConfig(kind="joint", ridge=1000.0))
+# AOL sites are an open catalogue: a site first clicked while serving becomes an item.
+AOL_BUILD_CONFIG = SearchBuildConfig(policy=PolicyConfig(kind="joint", ridge=1000.0), growth=AOL_GROWTH)
 
 
 def aol_interactions(catalog: Catalog, events) -> Interactions:

@@ -179,6 +179,32 @@ class Catalog:
             raise IndexError(f"item_id {item_id} out of range [0, {len(self._keys)})")
         return self._texts[item_id]
 
+    def add(self, key: str, text: str) -> int:
+        """Append an item (an open catalogue's site first clicked while serving, :mod:`retrieval.growth`).
+
+        Returns its id, ``n_items`` before the call. Readers on other threads see either the
+        catalogue before or after (the text and id are in place before the key resolves).
+
+        Raises
+        ------
+        TypeError
+            ``key`` or ``text`` is not a str.
+        ValueError
+            ``key`` is already an item, or the catalogue holds 2**31 - 1 items.
+        """
+        for name, value in (("key", key), ("text", text)):
+            if not isinstance(value, str):
+                raise TypeError(f"{name}: expected str, got {type(value).__name__}")
+        if key in self._id_of:
+            raise ValueError(f"key: {key!r} is already item {self._id_of[key]}")
+        item_id = len(self._keys)
+        if item_id >= np.iinfo(np.int32).max:
+            raise ValueError(f"keys: at most {np.iinfo(np.int32).max} items")
+        self._texts.append(text)
+        self._keys.append(key)
+        self._id_of[key] = item_id
+        return item_id
+
     def id_of(self, key: str) -> int | None:
         """Item id of ``key``, or ``None`` when the key is not in the catalogue."""
         return self._id_of.get(key)

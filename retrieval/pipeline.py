@@ -325,13 +325,18 @@ class Pipeline:
                     out[r, a] = True
         return out
 
-    def feedback(self, retrieval: "Retrieval", item_id, context: Context) -> float:
+    def feedback(self, retrieval: "Retrieval", item_id, context: Context, *, reward_policy: bool = True) -> float:
         """Apply a click (or an accepted completion): policy reward per arm, online arms observe it.
-        Returns the union reward (0/1)."""
+        Returns the union reward (0/1).
+
+        ``reward_policy=False``: only the online arms learn (a click on an item that did not exist
+        when the decision was made says nothing about the decision's allocation: no allocation could
+        have held it); the policy and the arms' hit rates are left alone."""
         ranks = retrieval.arm_ranks(item_id)
-        self.policy_update(retrieval, ranks)
-        self.hits += ranks >= 0
-        self.n_feedback += 1
+        if reward_policy:
+            self.policy_update(retrieval, ranks)
+            self.hits += ranks >= 0
+            self.n_feedback += 1
         for arm in self.arms:
             observe = getattr(arm, "observe", None)
             if observe is not None:
@@ -375,6 +380,34 @@ class RetrieveAndRank(Pipeline):
         self.item_stats = item_stats
         self.query_freq = query_freq
         self.in_memory = in_memory
+        self._grown = None  # retrieval.growth.GrownTextIndex once the catalogue grows
+
+    @property
+    def n_items(self) -> int:
+        """Catalogue size: the build's items (the ranker's text index) plus those grown since."""
+        return self.text_index.n_items + (self._grown.n_grown if self._grown is not None else 0)
+
+    def grow(self, texts: Sequence[str]) -> None:
+        """Add items with these texts after the current ones (an open catalogue, :mod:`retrieval.growth`).
+
+        Every arm with a ``grow`` (the online arms and the stacked fusion arm) is told the new size;
+        offline arms keep their build-time items and never return the new ones. The ranker scores a
+        new item's text against the build's vocabulary (:class:`retrieval.growth.GrownTextIndex`),
+        with zero build-time item statistics. Call under the feedback lock (as ``feedback``), before
+        any arm observes a new item.
+        """
+        from retrieval.growth import GrownTextIndex
+
+        if not texts:
+            return
+        if self._grown is None:
+            self._grown = GrownTextIndex(self.text_index)
+        self._grown.append(texts)
+        n_items = self.n_items
+        for arm in self.arms:
+            grow = getattr(arm, "grow", None)
+            if grow is not None:
+                grow(n_items)
 
     def context_x(self, query: str, context: Context) -> np.ndarray:
         return context_features(query, context, self.query_freq(query), self.in_memory(query))
@@ -390,7 +423,20 @@ class RetrieveAndRank(Pipeline):
         cols = self.ranker_cols.tolist()
         scores_by_arm = arm_score_matrix([retrieval.arm_ids[c] for c in cols],
                                          [retrieval.arm_scores[c] for c in cols], ids, self.ranker_budget)
-        return candidate_features(retrieval.query, ids, scores_by_arm, self.text_index, self.item_stats)
+        ids = np.asarray(ids)
+        n_base = self.text_index.n_items
+        grown = ids >= n_base
+        if not grown.any():
+            return candidate_features(retrieval.query, ids, scores_by_arm, self.text_index, self.item_stats)
+        # Items added while serving: the same features over their own index, local ids from 0.
+        g_index = self._grown.index()
+        g_stats = np.zeros((g_index.n_items, self.item_stats.shape[1]), dtype=np.float32)
+        X_grown = candidate_features(retrieval.query, ids[grown] - n_base, scores_by_arm[grown], g_index, g_stats)
+        X = np.empty((ids.size, X_grown.shape[1]), dtype=np.float32)
+        X[grown] = X_grown
+        X[~grown] = candidate_features(retrieval.query, ids[~grown], scores_by_arm[~grown], self.text_index,
+                                       self.item_stats)
+        return X
 
     def union_depths(self, arm_ids: list, allocation: np.ndarray, budget: int) -> np.ndarray:
         """The union is filled to ``budget`` distinct items (:func:`fill_depths`)."""
@@ -406,6 +452,7 @@ class RetrieveAndRank(Pipeline):
         else:
             super().policy_update(retrieval, ranks)
 
-    def feedback(self, retrieval: Retrieval, item_id: int, context: Context) -> float:
-        """Apply a click: policy reward per arm, online arms observe it. Returns the union reward (0/1)."""
-        return super().feedback(retrieval, int(item_id), context)
+    def feedback(self, retrieval: Retrieval, item_id: int, context: Context, *, reward_policy: bool = True) -> float:
+        """Apply a click: policy reward per arm (unless ``reward_policy`` is False, see
+        :meth:`Pipeline.feedback`), online arms observe it. Returns the union reward (0/1)."""
+        return super().feedback(retrieval, int(item_id), context, reward_policy=reward_policy)

@@ -4,7 +4,11 @@ AOL replay (``--log``): the test log's query events are replayed in time order (
 through :class:`serving.search_service.SearchService` with a fresh state directory, so the bandit and
 the online arms learn during the replay exactly as in serving (every decision and feedback event is
 committed). For each query event with clicks, one Search at total candidate budget B, then one
-Feedback per clicked site. Metrics are over click events (query event x clicked site):
+Feedback per clicked site. Every clicked site is fed back, also one outside the catalogue: the AOL
+catalogue is open (:mod:`retrieval.growth`), so the site becomes an item the online arms can return
+to later queries; for the query that clicked it first it is a miss. ``n_grown_items``: sites added
+during the budget-20 replay; ``n_feedback_rejected``: clicks the service refused (a key it cannot
+add, e.g. no letter or digit in it). Metrics are over click events (query event x clicked site):
 
 - ``recall@B``: the clicked site is in the candidate union (B = 20 and 100, one replay each);
 - ``mrr@10``: reciprocal rank of the clicked site in the ranked top 10 (budget-100 replay);
@@ -34,7 +38,8 @@ from qac.metrics import latency_ms
 from retrieval.catalog import load_judgments, normalize_url
 from serving import state as st
 from serving.search_service import SEARCH_DIR, SearchService, load_engine
-from serving.search_types import SearchContext
+from serving.search_types import SearchContext, UnknownItem
+from serving.validation import InvalidArgument
 
 
 def _service(artifacts: Path, catalog: str, state_dir: Path, seed: int) -> SearchService:
@@ -56,7 +61,7 @@ def replay_log(artifacts, test_log, budget: int, *, seed: int = 0, max_events: i
         try:
             ce = svc.engines["aol"]
             names = ce.engine.arm_names
-            n_clicks = hits = 0
+            n_clicks = hits = n_rejected = 0
             rr_sum = 0.0
             arm_hits = np.zeros(len(names), dtype=np.int64)
             oracle = 0
@@ -87,15 +92,21 @@ def replay_log(artifacts, test_log, budget: int, *, seed: int = 0, max_events: i
                         in_arm = np.array([item in set(ids[:budget].tolist()) for ids in r.arm_ids])
                         arm_hits += in_arm
                         oracle += bool(in_arm.any())
+                    try:
+                        # A site outside the catalogue is a miss here; an open catalogue adds it.
                         svc.feedback(res.decision_id, key, None, ranked.index(key) if key in ranked else 0,
                                      e.timestamp)
+                    except (InvalidArgument, UnknownItem):
+                        n_rejected += 1
                 last_query[e.user_id] = (e.timestamp, (session + [e.query])[-8:])
                 if (i + 1) % 5000 == 0:
                     say(f"  budget {budget}: {i + 1:,}/{len(events):,} query events, recall so far {hits / max(n_clicks, 1):.3f}")
+            n_grown = ce.n_grown
         finally:
             svc.close()
     n = max(n_clicks, 1)
-    return {"n_query_events": len(events), "n_events": n_clicks, "recall": hits / n, "mrr@10": rr_sum / n,
+    return {"n_query_events": len(events), "n_events": n_clicks, "n_feedback_rejected": n_rejected,
+            "n_grown_items": n_grown, "recall": hits / n, "mrr@10": rr_sum / n,
             "arms": {a: arm_hits[j] / n for j, a in enumerate(names)}, "oracle_single_arm": oracle / n,
             "reward_by_day": {d: h / c for d, (h, c) in sorted(by_day.items())},
             "latency_ms": latency_ms(lat)}
@@ -109,6 +120,7 @@ def evaluate_search_log(artifacts, test_log, *, seed: int = 0, max_events: int |
     best = max(arms, key=lambda a: arms[a]["recall@20"])
     return {
         "n_events": r20["n_events"], "n_query_events": r20["n_query_events"],
+        "n_grown_items": r20["n_grown_items"], "n_feedback_rejected": r20["n_feedback_rejected"],
         "recall@20": r20["recall"], "recall@100": r100["recall"], "mrr@10": r100["mrr@10"],
         "arms": arms, "best_fixed_arm": {"name": best, "recall@20": arms[best]["recall@20"]},
         "oracle_single_arm": {"recall@20": r20["oracle_single_arm"], "recall@100": r100["oracle_single_arm"]},

@@ -6,8 +6,15 @@ as a decision in the state store (``serving.state``) before the call returns; ev
 committed, then applied to the online state (bandit, memory index, popularity, user history) in
 commit order, so a restart that loads the last snapshot and replays later events reaches exactly the
 acknowledged state. A decision's payload carries everything its feedback needs (query, context,
-policy features, allocation, propensity, each arm's list), so applying feedback never re-runs
-retrieval and replay is deterministic.
+policy features, allocation, propensity, each arm's list, the catalogue's size), so applying
+feedback never re-runs retrieval and replay is deterministic.
+
+Open catalogues (AOL sites, :mod:`retrieval.growth`): a Feedback click on a well-formed site key that
+is not an item is committed like any click, and applying it adds the site as the next item (unless
+``max_grown_items`` sites were added already); the snapshot records the grown keys, so snapshot +
+later events reproduce them exactly. Such a click rewards nobody in the policy (no allocation could
+hold an item that did not exist when the decision was made); a later click on the site does. Home
+Depot stays closed: an unknown product is :class:`~serving.search_types.UnknownItem`.
 """
 from __future__ import annotations
 
@@ -22,11 +29,12 @@ from typing import Callable
 
 import numpy as np
 
-from qac.artifacts import arrays_to_strings, load_artifact
+from qac.artifacts import arrays_to_strings, load_artifact, strings_to_arrays
 from qac.text import normalize_query
 from retrieval.analyzer import get_analyzer
 from retrieval.arms.base import Context
-from retrieval.catalog import Catalog
+from retrieval.catalog import Catalog, url_text
+from retrieval.growth import AOL_GROWTH, CLOSED, CatalogGrowth, check_site_key
 from retrieval.pipeline import RetrieveAndRank, Retrieval
 from retrieval.policy import Decision
 from serving import state as st
@@ -84,6 +92,48 @@ class CatalogEngine:
     version: str
     # The catalogue's query normalisation (retrieval.analyzer; "qp2q" = qac.text.normalize_query).
     normalize: Callable[[str], str] = normalize_query
+    # Whether (and how far) the catalogue grows with clicks on new sites (retrieval.growth).
+    growth: CatalogGrowth = CLOSED
+
+    def __post_init__(self) -> None:
+        self.n_built = self.catalog.n_items
+
+    @property
+    def n_grown(self) -> int:
+        """Items added while serving (ids ``n_built ..``)."""
+        return self.catalog.n_items - self.n_built
+
+    def grown_keys(self) -> list[str]:
+        """Keys of the items added while serving, in id order."""
+        return self.catalog.keys[self.n_built:]
+
+    def check_new_item(self, key: str) -> None:
+        """Validate ``key`` as a new site of this open catalogue (:func:`retrieval.growth.check_site_key`).
+
+        Raises
+        ------
+        UnknownItem
+            The catalogue is closed (``growth.max_grown_items == 0``).
+        InvalidArgument
+            Naming ``clicked_item_id``: the key is not a well-formed normalised site key.
+        """
+        if not self.growth.open:
+            raise UnknownItem(key, "item")
+        try:
+            check_site_key(key, self.growth.max_key_chars)
+        except ValueError as exc:
+            raise InvalidArgument("clicked_item_id", str(exc)) from None
+
+    def add_item(self, key: str) -> int | None:
+        """Add the site ``key`` (validated by :meth:`check_new_item`) as the next item, text = its URL
+        tokens; ``None`` (nothing added) when the catalogue is closed or holds ``max_grown_items``
+        grown items already. Deterministic, so replaying the feedback log grows the same items.
+        Call under the state lock."""
+        if not self.growth.open or self.n_grown >= self.growth.max_grown_items:
+            return None
+        text = url_text(key)
+        self.engine.grow([text])  # arms and ranker first: the id resolves only once they know it
+        return self.catalog.add(key, text)
 
 
 def load_engine(path: Path) -> CatalogEngine:
@@ -114,7 +164,17 @@ def load_engine(path: Path) -> CatalogEngine:
                              ranker_arms=p.get("ranker_arms"), ranker_budget=p.get("ranker_budget"))
     return CatalogEngine(p["catalog"], catalog, engine, int(p["config"]["default_budget"]),
                          f"{p['catalog']}@{p.get('built_at', '')}",
-                         get_analyzer(p.get("analyzer", "qp2q")).normalize)
+                         get_analyzer(p.get("analyzer", "qp2q")).normalize,
+                         catalog_growth(p["catalog"], p["config"].get("growth")))
+
+
+def catalog_growth(catalog: str, recorded: dict | None) -> CatalogGrowth:
+    """The growth rule of a search artifact: the one its build config recorded, else (artifacts built
+    before the rule existed) the catalogue's default: AOL sites open (:data:`retrieval.growth.AOL_GROWTH`),
+    everything else closed."""
+    if recorded is not None:
+        return CatalogGrowth(**recorded)
+    return AOL_GROWTH if catalog == "aol" else CLOSED
 
 
 def encode_ids(ids: np.ndarray) -> str:
@@ -140,12 +200,13 @@ def decode_ids(value) -> np.ndarray:
     return np.asarray(value, dtype=np.int32)
 
 
-def retrieval_payload(name: str, r: Retrieval, ctx: Context, shown: list[str]) -> dict:
+def retrieval_payload(name: str, r: Retrieval, ctx: Context, shown: list[str], n_items: int) -> dict:
     """JSON payload of a search decision: everything its feedback (and a replay) needs; item id
-    arrays as :func:`encode_ids` strings."""
+    arrays as :func:`encode_ids` strings; ``n_items`` = the catalogue's size when the arms were asked
+    (a click on an item grown since does not reward the policy)."""
     d = r.decision
     return {
-        "catalog": name, "query": r.query, "budget": r.budget,
+        "catalog": name, "query": r.query, "budget": r.budget, "n_items": int(n_items),
         "context": {"user_id": ctx.user_id, "timestamp": ctx.timestamp, "session_position": ctx.session_position},
         "x": r.x.tolist(), "arm_x": r.arm_x.tolist(),
         "action": d.action, "allocation": d.allocation.tolist(), "propensity": d.propensity, "explored": d.explored,
@@ -186,7 +247,15 @@ class SearchOnlineState:
         ce = self.engines[event.decision["catalog"]]
         r, ctx = retrieval_from_payload(event.decision)
         item_id = ce.catalog.id_of(event.item)
-        ce.engine.feedback(r, item_id, ctx)
+        if item_id is None:
+            # A site first clicked now (validated before commit): an open catalogue adds it, unless
+            # at its cap; then the committed click waits for the next build.
+            item_id = ce.add_item(event.item)
+            if item_id is None:
+                return
+        # Decisions logged before the field: every accepted click was on an item known then.
+        known_then = item_id < int(event.decision.get("n_items", item_id + 1))
+        ce.engine.feedback(r, item_id, ctx, reward_policy=known_then)
 
     def _arrays(self) -> dict[str, np.ndarray]:
         out = {"n_completion_feedback": np.array([self.n_completion_feedback], np.int64)}
@@ -203,7 +272,21 @@ class SearchOnlineState:
                         out[f"{name}/arm_{arm.name}/{k}"] = np.asarray(v)
             out[f"{name}/hits"] = e.hits.copy()
             out[f"{name}/n_feedback"] = np.array([e.n_feedback], np.int64)
+            flat, ptr = strings_to_arrays(ce.grown_keys())
+            out[f"{name}/grown_keys_flat"], out[f"{name}/grown_keys_ptr"] = flat, ptr
         return out
+
+    @staticmethod
+    def _load_grown(ce: CatalogEngine, keys: list[str]) -> None:
+        """Bring ``ce``'s grown items to a snapshot's ``keys`` (before its arms' states, which refer to
+        them); the items grown so far must be their prefix, as after recovery's fresh start."""
+        have = ce.grown_keys()
+        if keys[:len(have)] != have:
+            raise ValueError(f"{ce.name}: snapshot's grown items do not extend the {len(have)} grown so far")
+        for key in keys[len(have):]:
+            if ce.add_item(key) is None:
+                raise ValueError(f"{ce.name}: snapshot holds {len(keys)} grown items, the cap is "
+                                 f"{ce.growth.max_grown_items}")
 
     def to_snapshot(self) -> bytes:
         return st.pack_arrays(self._arrays(), {"catalogs": sorted(self.engines)})
@@ -222,6 +305,9 @@ class SearchOnlineState:
             def sub(prefix):
                 return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
 
+            if f"{name}/grown_keys_ptr" in arrays:
+                self._load_grown(ce, arrays_to_strings(arrays[f"{name}/grown_keys_flat"],
+                                                       arrays[f"{name}/grown_keys_ptr"]))
             e.policy.load_state(sub(f"{name}/policy/"))
             for arm in e.arms:
                 if hasattr(arm, "load_state"):
@@ -271,11 +357,12 @@ class SearchService:
         ctx = Context(user_id=context.user_id, previous_queries=tuple(context.previous_queries),
                       timestamp=int(context.timestamp), session_position=len(context.previous_queries))
         self.sync()
+        n_items = ce.catalog.n_items
         r = ce.engine.retrieve(q, ctx, budget or ce.budget, self._rng())
         ids, scores, proposed = ce.engine.rank(r, k)
         keys = [ce.catalog.key(i) for i in ids.tolist()]
         decision_id = uuid.uuid4().hex
-        self.store.record_decision(decision_id, "search", retrieval_payload(ce.name, r, ctx, keys))
+        self.store.record_decision(decision_id, "search", retrieval_payload(ce.name, r, ctx, keys, n_items))
         names = ce.engine.arm_names
         hits = [SearchHit(key, ce.catalog.text(i), float(s), tuple(n for n, m in zip(names, row) if m))
                 for key, i, s, row in zip(keys, ids.tolist(), scores.tolist(), proposed.tolist())]
@@ -297,8 +384,9 @@ class SearchService:
             if event.kind == "search":
                 if clicked_item_id is None:
                     raise UnknownItem(item, "suggestion")
-                if self.engines[event.decision["catalog"]].catalog.id_of(item) is None:
-                    raise UnknownItem(item, "item")
+                ce = self.engines[event.decision["catalog"]]
+                if ce.catalog.id_of(item) is None:
+                    ce.check_new_item(item)  # an open catalogue's new site, or an error
             elif accepted_suggestion is None or item not in event.decision.get("completions", ()):
                 raise UnknownItem(item, "suggestion")
 

@@ -129,8 +129,9 @@ class UnknownCatalog(SearchError):
 
 
 class UnknownItem(SearchError):
-    """The clicked item (or accepted suggestion) was not in the decision's results
-    (INVALID_ARGUMENT naming ``action``).
+    """The clicked item is not in a closed catalogue (Home Depot), or the accepted suggestion was not
+    in the decision's results (INVALID_ARGUMENT naming ``action``). An open catalogue (AOL sites,
+    ``retrieval.growth``) adds a well-formed new site instead.
 
     Parameters
     ----------
@@ -173,6 +174,9 @@ class SearchServiceLike(Protocol):
         Raises
         ------
         UnknownDecision, UnknownItem
+        serving.validation.InvalidArgument
+            Naming ``clicked_item_id``: a new site for an open catalogue that is not a well-formed
+            normalised key (``retrieval.growth.check_site_key``).
         """
         ...
 

@@ -18,11 +18,14 @@ import numpy as np
 import pytest
 
 from qac.logs import read_aol_log
+from retrieval.arms.base import Context
 from retrieval.catalog import normalize_url
+from retrieval.growth import AOL_GROWTH, CLOSED, CatalogGrowth
 from serving import client
 from serving import state as st
 from serving.search_service import SEARCH_DIR, SearchService, load_engine
 from serving.search_types import SearchContext, UnknownDecision, UnknownItem
+from serving.validation import InvalidArgument
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUILD_SINCE, BUILD_UNTIL, ASK_UNTIL = "2006-03-01", "2006-03-08", "2006-03-10"
@@ -89,8 +92,12 @@ def test_feedback_errors_and_duplicates(artifacts, asks, tmp_path):
         assert svc.store.counts()["n_feedback"] == 1
         with pytest.raises(UnknownDecision):
             svc.feedback("no-such-decision", item, None, 0, ts)
-        with pytest.raises(UnknownItem):
-            svc.feedback(res.decision_id, "not-a-site.example", None, 0, ts)
+        # AOL sites are an open catalogue: a malformed key is refused naming the field, nothing committed
+        for bad, why in (("Not-A-Site.example", "expected 'not-a-site.example'"), ("http://x.org", "expected 'x.org'"),
+                         ("a b.com", "whitespace"), ("x" * 300 + ".com", "longer than 256"), ("-/-", "no letter")):
+            with pytest.raises(InvalidArgument, match=f"clicked_item_id: .*{why}"):
+                svc.feedback(res.decision_id, bad, None, 0, ts)
+        assert svc.store.counts()["n_feedback"] == 1 and svc.engines["aol"].n_grown == 0
         completion = svc.record_completion(_ctx(user, ts), "wea", ["weather", "weather com"])
         assert not svc.feedback(completion, None, "weather", 0, ts).duplicate
         with pytest.raises(UnknownItem):
@@ -100,15 +107,113 @@ def test_feedback_errors_and_duplicates(artifacts, asks, tmp_path):
 
 
 def _feedback_stream(svc, asks):
-    """Search then click every logged site that is in the catalogue; returns the acknowledged events."""
+    """Search then click every logged site (a site outside the catalogue grows it); returns the
+    acknowledged events."""
     acked = []
     for user, query, ts, clicked in asks:
         res = svc.search(query, _ctx(user, ts), 10, "aol")
         for key in clicked:
-            if svc.engines["aol"].catalog.id_of(key) is not None:
-                svc.feedback(res.decision_id, key, None, 0, ts)
-                acked.append((res.decision_id, key))
+            svc.feedback(res.decision_id, key, None, 0, ts)
+            acked.append((res.decision_id, key))
     return acked
+
+
+def _assert_same_state(got: dict, want: dict) -> None:
+    assert set(got) == set(want)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
+
+
+def _stack_only(ce, budget):
+    """A policy that gives the whole budget to the stacked fusion arm (an untrained bandit's choice
+    is arbitrary; this makes the union the stack's top ``budget``)."""
+    from retrieval.pipeline import ARM_FEATURES, CONTEXT_FEATURES
+    from retrieval.policy import FixedPolicy, allocation_menu
+
+    names = ce.engine.arm_names
+    action = int(np.flatnonzero(allocation_menu(len(names), budget)[:, names.index("stack")] == budget)[0])
+    return FixedPolicy(len(names), len(CONTEXT_FEATURES), len(ARM_FEATURES), action=action)
+
+
+def test_a_click_on_a_new_site_grows_the_open_catalogue_and_search_returns_it(artifacts, asks, tmp_path):
+    """Through a real gRPC server (in process, port 0) over the real search service: Feedback on a new
+    site adds it, and later Search answers list it with its key and text."""
+    from qac.completer import Completer
+    from serving.server import ServerConfig, create_server
+
+    ce = load_engine(artifacts / SEARCH_DIR / "aol")
+    ce.engine.policy = _stack_only(ce, 20)
+    svc = SearchService({ce.name: ce}, st.StateStore(tmp_path / "state"), seed=0)
+    server, port = create_server(ServerConfig(host="127.0.0.1", port=0), Completer.load(artifacts), svc)
+    server.start()
+    target = f"127.0.0.1:{port}"
+    try:
+        n_built, user = ce.catalog.n_items, asks[0][0]
+        key, query = "zqxnewsite.example/shop", "zqx new site"
+        assert ce.catalog.id_of(key) is None
+        decision_id, items = client.search(target, query, k=20, catalog="aol", user_id=user)
+        assert key not in [i[0] for i in items]
+        assert client.feedback(target, decision_id, clicked_item_id=key) == (False, 0.0)  # a miss for this query
+        assert ce.catalog.id_of(key) == n_built and ce.grown_keys() == [key]
+        assert ce.catalog.text(n_built) == "zqxnewsite example shop"
+        assert client.feedback(target, decision_id, clicked_item_id=key)[0] and ce.n_grown == 1  # duplicate
+        # the policy learns nothing from a site no allocation could have held; the online arms do
+        assert ce.engine.n_feedback == 0
+        decision_id, items = client.search(target, query, k=20, catalog="aol", user_id=user)
+        hit = [(text, arms) for item_id, text, _, arms in items if item_id == key]
+        assert hit == [("zqxnewsite example shop", ("stack",))]
+        ctx = Context(user_id=user, timestamp=int(time.time()))
+        listed = {a.name for a in ce.engine.arms if n_built in a.retrieve(query, ctx, 20)[0].tolist()}
+        assert {"memory", "history", "stack"} <= listed and not listed & {"bm25", "semantic", "chargram"}
+        # known when this decision was made: the click rewards the policy
+        assert client.feedback(target, decision_id, clicked_item_id=key) == (False, 1.0)
+        assert ce.engine.n_feedback == 1
+    finally:
+        server.stop(None).wait()
+        svc.close()
+
+
+def test_closed_catalogue_and_growth_cap(artifacts, asks, tmp_path):
+    """Home Depot-style closed catalogue: an unknown item is an error. At the cap, a click on a new
+    site is committed (the next build reads it) but grows nothing; a restart reproduces that."""
+    from serving.search_service import catalog_growth
+
+    # the build records the catalogue's rule; artifacts from before it get the catalogue's default
+    assert load_engine(artifacts / SEARCH_DIR / "aol").growth == AOL_GROWTH
+    assert catalog_growth("homedepot", None) == CLOSED and catalog_growth("aol", None) == AOL_GROWTH
+    assert catalog_growth("aol", {"max_grown_items": 0, "max_key_chars": 256}) == CLOSED
+    user, query, ts, _ = asks[0]
+    ce = load_engine(artifacts / SEARCH_DIR / "aol")
+    ce.growth = CLOSED
+    svc = SearchService({ce.name: ce}, st.StateStore(tmp_path / "closed"), seed=0)
+    try:
+        res = svc.search(query, _ctx(user, ts), 10, "aol")
+        with pytest.raises(UnknownItem, match="not-a-site.example"):
+            svc.feedback(res.decision_id, "not-a-site.example", None, 0, ts)
+        assert svc.store.counts()["n_feedback"] == 0 and ce.n_grown == 0
+    finally:
+        svc.close()
+
+    cap = CatalogGrowth(max_grown_items=2)
+    state_dir = tmp_path / "capped"
+    ce = load_engine(artifacts / SEARCH_DIR / "aol")
+    ce.growth = cap
+    svc = SearchService({ce.name: ce}, st.StateStore(state_dir), seed=0)
+    res = svc.search(query, _ctx(user, ts), 10, "aol")
+    for i in range(4):
+        assert not svc.feedback(res.decision_id, f"new{i}.example", None, 0, ts).duplicate
+    assert ce.grown_keys() == ["new0.example", "new1.example"] and ce.catalog.id_of("new3.example") is None
+    assert svc.store.counts()["n_feedback"] == 4  # every click committed
+    want = svc.state._arrays()
+    svc.store.close()  # crash-like: no final snapshot, the restart replays all four events
+    ce2 = load_engine(artifacts / SEARCH_DIR / "aol")
+    ce2.growth = cap
+    again = SearchService({ce2.name: ce2}, st.StateStore(state_dir), seed=0)
+    try:
+        assert again.recovery.n_replayed == 4 and ce2.grown_keys() == ["new0.example", "new1.example"]
+        _assert_same_state(again.state._arrays(), want)
+    finally:
+        again.close()
 
 
 def test_recovery_from_snapshot_equals_full_replay(artifacts, asks, tmp_path):
@@ -119,16 +224,17 @@ def test_recovery_from_snapshot_equals_full_replay(artifacts, asks, tmp_path):
     svc.store.snapshot(svc.state, force=True)
     _feedback_stream(svc, asks[150:200])
     live_after = svc.state._arrays()
+    grown_live, grown_after = len(live["aol/grown_keys_ptr"]) - 1, svc.engines["aol"].n_grown
     svc.store.close()  # no final snapshot: the next start must replay the tail after the snapshot
     assert acked
+    # clicks on sites outside the build's catalogue grew it, before the snapshot and after it
+    assert 0 < grown_live < grown_after
 
     again = _service(artifacts, state_dir)
     try:
         assert again.recovery.snapshot_seq > 0 and again.recovery.n_replayed > 0
-        got = again.state._arrays()
-        assert set(got) == set(live_after)
-        for k in live_after:
-            np.testing.assert_array_equal(got[k], live_after[k], err_msg=k)
+        _assert_same_state(again.state._arrays(), live_after)
+        assert again.engines["aol"].grown_keys() == svc.engines["aol"].grown_keys()
         assert any(not np.array_equal(live[k], live_after[k]) for k in live)  # the tail changed the state
     finally:
         again.close()
@@ -170,10 +276,12 @@ def test_kill_9_during_a_feedback_stream_loses_nothing_acknowledged(artifacts, a
     state_dir = tmp_path / "state"
     server = _Server(artifacts, state_dir, tmp_path / "serve1.log")
     decisions = []
-    for user, query, ts, clicked in asks:
+    for n, (user, query, ts, clicked) in enumerate(asks):
         decision_id, items = client.search(server.target, query, k=10, catalog="aol", user_id=user)
         for item_id, *_ in items[:3]:
             decisions.append((decision_id, item_id))
+        if n % 3 == 0:  # and a click on a site outside the catalogue: the open catalogue grows
+            decisions.append((decision_id, f"site{n}.new.example"))
     acked: list[tuple[str, str]] = []
     errors: list[Exception] = []
 
@@ -204,6 +312,9 @@ def test_kill_9_during_a_feedback_stream_loses_nothing_acknowledged(artifacts, a
     assert set(acked) <= committed
     assert len(committed) - len(acked) <= 1  # at most the one in flight when the process died
 
+    grown_acked = [key for _, key in acked if key.endswith(".new.example")]
+    assert grown_acked
+
     # The restarted server recovers that state and serves again.
     server2 = _Server(artifacts, state_dir, tmp_path / "serve2.log")
     try:
@@ -211,6 +322,13 @@ def test_kill_9_during_a_feedback_stream_loses_nothing_acknowledged(artifacts, a
         assert decision_id and items
         dup, _ = client.feedback(server2.target, *acked[0])
         assert dup  # already applied before the crash: counted once
+        # A new site clicked after the restart grows the recovered catalogue; a malformed key is refused.
+        decision_id, _ = client.search(server2.target, "zqx grown site", k=10, catalog="aol", user_id="u-grow")
+        assert client.feedback(server2.target, decision_id, clicked_item_id="zqxgrown.example") == (False, 0.0)
+        with pytest.raises(grpc.RpcError) as err:
+            client.feedback(server2.target, decision_id, clicked_item_id="HTTP://Bad.Example/")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "clicked_item_id" in err.value.details() and "bad.example" in err.value.details()
         # Complete attaches to its top completions the first results of searching them (same path).
         completions = client.complete(server2.target, "weather", [], k=5, preview_k=2, preview_completions=2,
                                       catalog="aol")
@@ -231,6 +349,8 @@ def test_kill_9_during_a_feedback_stream_loses_nothing_acknowledged(artifacts, a
         all_events = list(recovered.store.events_after(0))
         assert recovered.recovery.last_seq == all_events[-1].seq
         assert all_events[:len(events)] == events  # the log before the crash is untouched
+        grown = recovered.engines["aol"].grown_keys()
+        assert set(grown_acked) <= set(grown) and "zqxgrown.example" in grown  # every acknowledged new site
     finally:
         recovered.store.close()
     fresh = _service(artifacts, tmp_path / "fresh")

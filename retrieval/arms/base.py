@@ -22,8 +22,8 @@ from typing import Mapping, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
-__all__ = ["Context", "Arm", "OnlineArm", "check_n", "empty_result", "pooled_list", "pool_rank_columns",
-           "EMPTY_CONTEXT"]
+__all__ = ["Context", "Arm", "OnlineArm", "check_n", "check_growth", "empty_result", "pooled_list",
+           "pool_rank_columns", "EMPTY_CONTEXT"]
 
 _EMPTY_IDS = np.zeros(0, dtype=np.int32)
 _EMPTY_SCORES = np.zeros(0, dtype=np.float32)
@@ -90,6 +90,21 @@ def check_n(n) -> int:
     if n < 0:
         raise ValueError(f"n must be an int >= 0, got {n}")
     return int(n)
+
+
+def check_growth(n_current: int, n_items) -> int:
+    """Validate a new catalogue size for an arm's ``grow`` (open catalogues, :mod:`retrieval.growth`):
+    an int >= ``n_current`` (a catalogue never shrinks). Returns it as a Python int.
+
+    Raises
+    ------
+    ValueError
+        ``n_items`` is not an int >= 0, or smaller than ``n_current``.
+    """
+    n_items = check_n(n_items)
+    if n_items < n_current:
+        raise ValueError(f"n_items: cannot shrink the catalogue from {n_current} to {n_items}")
+    return n_items
 
 
 def check_query(query) -> str:

@@ -53,7 +53,8 @@ import numpy as np
 from qac.artifacts import arrays_to_strings, strings_to_arrays
 from qac.text import normalize_query
 from retrieval.arms import _kernels
-from retrieval.arms.base import Arm, Context, EMPTY_CONTEXT, ScratchPool, check_n, check_query, empty_result
+from retrieval.arms.base import (Arm, Context, EMPTY_CONTEXT, ScratchPool, check_growth, check_n, check_query,
+                                 empty_result)
 
 __all__ = ["MemoryConfig", "MemoryArm", "DecayedPostings", "build_memory_arm", "top_n"]
 
@@ -449,6 +450,17 @@ class OnlineClickArm(Arm):
     @property
     def n_items(self) -> int:
         return self._n_items
+
+    def grow(self, n_items: int) -> None:
+        """Extend the catalogue to ``n_items`` items (an open catalogue's new sites,
+        :mod:`retrieval.growth`): they may be observed from now on. O(1).
+
+        Raises
+        ------
+        ValueError
+            ``n_items`` not an int or smaller than the current catalogue.
+        """
+        self._n_items = check_growth(self._n_items, n_items)
 
     def _time(self, context: Context) -> int:
         t = int(context.timestamp)

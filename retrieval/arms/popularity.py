@@ -21,7 +21,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from retrieval.arms import _kernels
-from retrieval.arms.base import Arm, Context, EMPTY_CONTEXT, check_n, check_query, empty_result
+from retrieval.arms.base import Arm, Context, EMPTY_CONTEXT, check_growth, check_n, check_query, empty_result
 
 __all__ = ["PopularityArm", "build_popularity_arm"]
 
@@ -132,6 +132,31 @@ class PopularityArm(Arm):
                 self.n_positive += 1
             self.scores[item] = new
             _kernels.promote(self.order, self.rank, self.scores, item)
+
+    def grow(self, n_items: int) -> None:
+        """Extend the catalogue to ``n_items`` items (an open catalogue's new sites, :mod:`retrieval.growth`).
+
+        New items have count 0, so they go last in the order (score descending, id ascending) and
+        are not returned until observed. Costs one copy of the per-item arrays (O(n_items)).
+
+        Raises
+        ------
+        ValueError
+            ``n_items`` not an int or smaller than the current catalogue.
+        """
+        with self._lock:
+            old = self.n_items
+            n_items = check_growth(old, n_items)
+            if n_items == old:
+                return
+            new_ids = np.arange(old, n_items, dtype=np.int32)
+            base = np.concatenate([self.base_counts, np.zeros(n_items - old)])
+            base.setflags(write=False)
+            self.observed = np.concatenate([self.observed, np.zeros(n_items - old)])
+            self.scores = np.concatenate([self.scores, np.zeros(n_items - old, dtype=np.float32)])
+            self.order = np.concatenate([self.order, new_ids])
+            self.rank = np.concatenate([self.rank, new_ids])
+            self.base_counts = base
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         """``{"observed": float64 (n_items,)}``: click weights observed since the build (a copy)."""

@@ -52,7 +52,7 @@ from typing import Callable, Mapping, Sequence
 import numpy as np
 
 from retrieval.arms.base import (
-    Arm, Context, EMPTY_CONTEXT, check_n, check_query, empty_result, pool_rank_columns, pooled_list,
+    Arm, Context, EMPTY_CONTEXT, check_growth, check_n, check_query, empty_result, pool_rank_columns, pooled_list,
 )
 
 __all__ = ["StackedFusionArm", "STACK_SUB_ARMS", "pool_features", "feature_names", "replay_contexts",
@@ -199,6 +199,17 @@ class StackedFusionArm(Arm):
     @property
     def n_items(self) -> int:
         return self._n_items
+
+    def grow(self, n_items: int) -> None:
+        """The catalogue now holds ``n_items`` items (an open catalogue's new sites): the pool may
+        hold them once the online sub-arms observe them (bind before growing).
+
+        Raises
+        ------
+        ValueError
+            ``n_items`` not an int or smaller than the current catalogue.
+        """
+        self._n_items = check_growth(self._n_items, n_items)
 
     def bind(self, arms: Sequence[Arm]) -> "StackedFusionArm":
         """Read the pool from these arms (the engine's own, so online updates are seen); returns self."""

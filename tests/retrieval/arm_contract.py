@@ -214,3 +214,37 @@ class OnlineArmContract(abc.ABC):
         arm, queries = self.make_arm()
         with pytest.raises(ValueError, match="item_id"):
             arm.observe(queries[0], bad_item, CONTEXT)
+
+    # -- open catalogues (retrieval.growth): items added while serving --------------------------
+    def test_grown_item_is_returned_once_observed_and_snapshots_carry_it(self):
+        """After ``grow`` a new id can be observed and retrieved (contract kept with the new
+        ``n_items``); a snapshot holding it loads into an arm grown alike and nowhere else."""
+        arm, queries = self.make_arm()
+        arm = self._fresh(arm)
+        n = arm.n_items
+        arm.grow(n + 2)
+        assert arm.n_items == n + 2
+        for _ in range(50):  # enough clicks to reach the top of any online arm's list
+            arm.observe(queries[0], n + 1, CONTEXT)
+        ids, scores = arm.retrieve(queries[0], CONTEXT, 5)
+        assert_valid_result(arm, ids, scores, 5)
+        assert ids[0] == n + 1
+        assert n not in ids.tolist()  # grown but never clicked: not returned
+        snapshot = {k: v.copy() for k, v in arm.state_arrays().items()}
+        twin = self._fresh(self.make_arm()[0])
+        with pytest.raises(ValueError):
+            twin.load_state(snapshot)  # refers to items this arm does not have
+        twin.grow(n + 2)
+        twin.load_state(snapshot)
+        for (a_ids, a_sc), (b_ids, b_sc) in zip(self._all_results(arm, queries), self._all_results(twin, queries)):
+            np.testing.assert_array_equal(a_ids, b_ids)
+            np.testing.assert_array_equal(a_sc, b_sc)
+
+    @pytest.mark.parametrize("bad", [-1, "3", None, 1.5])
+    def test_grow_rejects_shrinking_and_bad_sizes(self, bad):
+        arm, _ = self.make_arm()
+        with pytest.raises(ValueError, match="n_items|n must be"):
+            arm.grow(bad)
+        with pytest.raises(ValueError, match="cannot shrink"):
+            arm.grow(arm.n_items - 1)
+        arm.grow(arm.n_items)  # same size: a no-op

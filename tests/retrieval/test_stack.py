@@ -329,3 +329,33 @@ def test_pipeline_asks_each_arm_once_and_keeps_the_requests_head(budget):
         for (ids, sc), got_ids, got_sc in zip(want, r.arm_ids, r.arm_scores):
             assert got_ids.tolist() == ids.tolist()
             np.testing.assert_allclose(got_sc, sc, rtol=1e-6)
+
+
+def test_grown_item_enters_the_pool_through_the_online_sub_arms():
+    """An open catalogue's new site (retrieval.growth): once the siblings grow and observe it, the
+    stack pools and ranks it like any item; the offline siblings never list it."""
+    arm, arms = fitted()
+    arm.bind(arms)
+    n = len(SITES)
+    with pytest.raises(ValueError, match="cannot shrink"):
+        arm.grow(n - 1)
+    for a in [arm, *arms]:
+        if hasattr(a, "grow"):
+            a.grow(n + 1)
+    ctx = Context(user_id="u1", timestamp=T0 + 20 * DAY)
+    ids, _ = arm.retrieve("newsite", ctx, 10)
+    assert n not in ids.tolist()  # grown, not yet clicked
+    for _ in range(3):
+        for a in arms:
+            if hasattr(a, "observe"):
+                a.observe("newsite", n, ctx)
+    ids, scores = arm.retrieve("newsite", ctx, 10)
+    assert arm.n_items == n + 1 and n in ids.tolist()
+    assert ids.max() < arm.n_items and np.all(np.diff(scores) <= 0)
+    offline = [a for a in arms if not hasattr(a, "grow")]
+    assert offline and all(n not in a.retrieve("newsite", ctx, 10)[0].tolist() for a in offline)
+    pool, X = pool_features("newsite", ctx, arms, 4)
+    row = X[pool.tolist().index(n)]
+    names = feature_names([a.name for a in arms])
+    assert row[names.index("log_popularity")] == pytest.approx(math.log1p(3))
+    assert row[names.index("log_query_item_clicks")] == pytest.approx(math.log1p(3))
