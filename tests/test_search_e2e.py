@@ -430,11 +430,10 @@ def test_services_sharing_a_state_directory_learn_from_each_others_feedback(arti
         for i, (user, query, ts, clicked) in enumerate(asks[:120]):
             a, b = svcs[i % 2], svcs[1 - i % 2]
             res = a.search(query, _ctx(user, ts), 10, "aol")
-            for key in clicked:
-                if a.engines["aol"].catalog.id_of(key) is not None:
-                    assert not b.feedback(res.decision_id, key, None, 0, ts).duplicate  # logged by the other
-                    assert a.feedback(res.decision_id, key, None, 0, ts).duplicate  # counted once
-                    n += 1
+            for key in clicked:  # sites outside the catalogue too: both grow it, in seq order
+                assert not b.feedback(res.decision_id, key, None, 0, ts).duplicate  # logged by the other
+                assert a.feedback(res.decision_id, key, None, 0, ts).duplicate  # counted once
+                n += 1
         completion = svcs[0].record_completion(_ctx("777", asks[0][2]), "wea", ["weather", "weather com"])
         assert svcs[1].feedback(completion, None, "weather", 0, asks[0][2]).reward == 1.0
         assert n > 20
@@ -446,6 +445,8 @@ def test_services_sharing_a_state_directory_learn_from_each_others_feedback(arti
         after = [s.state._arrays() for s in svcs]
         assert any(not np.array_equal(before[k], after[0][k]) for k in before)
         _assert_same_arrays(after[0], after[1])
+        grown = [s.engines["aol"].grown_keys() for s in svcs]
+        assert grown[0] and grown[0] == grown[1]  # the same new sites under the same ids
         assert svcs[0].state.completer.user_history.count("777", "weather")[0] == 1  # completion feedback too
         events = list(svcs[0].store.events_after(0))
     finally:
