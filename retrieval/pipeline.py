@@ -360,14 +360,18 @@ class RetrieveAndRank(Pipeline):
     ranker_budget : int, optional
         How deep into each arm's list the ranker's arm features looked at training time; serving
         uses the same depth (default: the whole list).
+    pair_model : retrieval.pair_model.TermPairModel, optional
+        The term-pair model whose ``pair_score`` column the ranker was trained with (artifacts built
+        before it have none, and their rankers do not read the column).
 
     Thread safety: ``retrieve``/``rank`` only read; ``feedback`` mutates the policy and the online
     arms and must be serialised by the caller (the state store applies feedback under one lock).
     """
 
     def __init__(self, arms, policy, ranker, text_index, item_stats, query_freq, in_memory,
-                 ranker_arms: Sequence[str] | None = None, ranker_budget: int | None = None):
+                 ranker_arms: Sequence[str] | None = None, ranker_budget: int | None = None, pair_model=None):
         super().__init__(arms, policy, ranker)
+        self.pair_model = pair_model
         names = self.arm_names if ranker_arms is None else list(ranker_arms)
         self.ranker_cols = np.array([self.arm_names.index(n) for n in names], dtype=np.int64)
         self.ranker_budget = ranker_budget
@@ -390,7 +394,8 @@ class RetrieveAndRank(Pipeline):
         cols = self.ranker_cols.tolist()
         scores_by_arm = arm_score_matrix([retrieval.arm_ids[c] for c in cols],
                                          [retrieval.arm_scores[c] for c in cols], ids, self.ranker_budget)
-        return candidate_features(retrieval.query, ids, scores_by_arm, self.text_index, self.item_stats)
+        return candidate_features(retrieval.query, ids, scores_by_arm, self.text_index, self.item_stats,
+                                  pair_model=self.pair_model)
 
     def union_depths(self, arm_ids: list, allocation: np.ndarray, budget: int) -> np.ndarray:
         """The union is filled to ``budget`` distinct items (:func:`fill_depths`)."""
