@@ -1,16 +1,17 @@
 """Learned query-term x item-term interactions ("translation" features) for the ranker.
 
 The ranker's text block says *how much* of the query an item matches, weighing a term by its IDF;
-it cannot learn that ``cooktop`` matters more than ``22`` in "cooktop 22 gas", that a ``vanity``
-query is served by ``sink`` titles, or that ``tool`` queries are not ``kit`` titles. This model
-learns that from the judgments: every judged (search term, product) row is a sparse binary vector
-with one feature per distinct (query term, title term) pair -- matched pairs (``t``, ``t``)
-included -- and one per query term saying whether the title has it (``t``, matched / unmatched),
-hashed into ``2 ** n_bits`` buckets (Weinberger et al., "Feature Hashing for Large
-Scale Multitask Learning", ICML 2009), and a ridge regression predicts the grade (the lexical
-translation model of Berger & Lafferty, "Information Retrieval as Statistical Translation", SIGIR
-1999, learned discriminatively). Its prediction is one column of the ranker's features
-(``pair_score``, :func:`retrieval.ranker_features.candidate_features`).
+it cannot learn that ``cooktop`` matters more than ``22`` in "cooktop 22 gas" (the ranker without
+this model ranks a 22-ton log splitter and 22-inch mowers first there), nor which words of search
+terms go with which different words of titles. This model learns such weights from the judgments:
+every judged (search term, product) row is a sparse vector of ones, one feature per (query term,
+distinct title term) pair -- matched pairs (``t``, ``t``) included -- and one per query term saying
+whether the title has it (``t``, matched / unmatched), hashed into ``2 ** n_bits`` buckets (two
+colliding pairs add up; Weinberger et al., "Feature Hashing for Large Scale Multitask Learning",
+ICML 2009), and a ridge regression predicts the grade (the lexical translation model of Berger &
+Lafferty, "Information Retrieval as Statistical Translation", SIGIR 1999, learned
+discriminatively). Its prediction is one column of the ranker's features (``pair_score``,
+:func:`retrieval.ranker_features.candidate_features`).
 
 Hashing: a term's hash is the CRC-32 of its UTF-8 bytes (:func:`term_hashes`), the pair's bucket
 ``splitmix64(q_hash << 32 | u_hash) & (2 ** n_bits - 1)`` (``_ranker_kernels.pair_bucket``); the
@@ -23,8 +24,9 @@ The ranker must be trained on scores of a model that never saw the row's own jud
 terms (as it does for the item statistics) and serves the model fitted on every judgment.
 Home Depot inner split of hd_train (75/25 by search term, seed 1), nDCG@10 of the linear ranker on
 the judged sets: 0.9381 without, 0.9394 with the column (+0.0013 +- 0.0008 paired per query; a
-second split, seed 2: 0.9363 -> 0.9374, +0.0012 +- 0.0009). A small gain, of the same sign on every
-split (README, Home Depot).
+second split, seed 2: 0.9363 -> 0.9374, +0.0012 +- 0.0009; hd_test with ``qac evaluate search``:
+0.9379 -> 0.9385, +0.0006 +- 0.0008). A small gain, of the same sign on every split (README, Home
+Depot).
 """
 from __future__ import annotations
 
