@@ -1,4 +1,5 @@
-"""Numba kernels for the ranker: per-pair text features and flat tree-ensemble scoring.
+"""Numba kernels for the ranker: per-pair text features, the term-pair model's hashed (query term,
+item term) buckets and scores (``retrieval.pair_model``), and flat tree-ensemble scoring.
 
 Plain arrays in and out, no objects, no global state, ``nogil`` and no ``prange``: both kernels run
 on the request path, possibly from several server threads at once.
@@ -269,3 +270,84 @@ def match_features(item_ids, q_terms, q_seq, term_is_num, tok_flat, tok_ptr, out
         out[r, col0 + 1] = 1.0 if n_num > 0 else 0.0
         out[r, col0 + 2] = head_hit
         out[r, col0 + 3] = pair_hit / (n_seq - 1) if n_seq > 1 else 0.0
+
+
+# -- term-pair interaction model (retrieval.pair_model) -----------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def pair_bucket(q_hash, u_hash, mask):
+    """Bucket of one (query term, item term) pair: splitmix64 of ``q_hash << 32 | u_hash``, ``& mask``.
+
+    ``q_hash`` / ``u_hash`` are uint32 CRC-32s of the terms; ``mask = 2**n_bits - 1``.
+    """
+    x = (np.uint64(q_hash) << np.uint64(32)) | np.uint64(u_hash)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return np.int64(x & np.uint64(mask))
+
+
+# Stand in for the item term of a query term the item has / lacks (the term's "matched" and
+# "unmatched" features).
+MATCHED_HASH = 0xFFFFFFFE
+UNMATCHED_HASH = 0xFFFFFFFF
+
+
+@njit(cache=True, nogil=True)
+def pair_buckets(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask):
+    """The pair buckets of every candidate, one CSR row per item (a bucket repeats when two pairs
+    of the row collide).
+
+    Row ``r`` holds, for every query term hash ``q`` of ``q_hash`` (uint32, (n_q,), distinct terms)
+    and every *distinct* token ``u`` of item ``item_ids[r]`` (``term_hash[tok_flat[...]]``), the
+    bucket of (q, u); then, per query term, the bucket of (q, ``MATCHED_HASH``) when some token of
+    the item has the hash ``q`` and of (q, ``UNMATCHED_HASH``) otherwise.
+    Returns ``(indptr int64 (m + 1,), buckets int64 (nnz,))``.
+    """
+    m = item_ids.shape[0]
+    nq = q_hash.shape[0]
+    cap = 0
+    for r in range(m):
+        i = item_ids[r]
+        cap += nq * (tok_ptr[i + 1] - tok_ptr[i] + 1)
+    buckets = np.empty(cap, dtype=np.int64)
+    indptr = np.zeros(m + 1, dtype=np.int64)
+    n = 0
+    for r in range(m):
+        i = item_ids[r]
+        lo = tok_ptr[i]
+        hi = tok_ptr[i + 1]
+        for a in range(nq):
+            matched = False
+            for p in range(lo, hi):
+                t = tok_flat[p]
+                repeat = False
+                for pp in range(lo, p):
+                    if tok_flat[pp] == t:
+                        repeat = True
+                        break
+                if repeat:
+                    continue
+                u = term_hash[t]
+                if u == q_hash[a]:
+                    matched = True
+                buckets[n] = pair_bucket(q_hash[a], u, mask)
+                n += 1
+            buckets[n] = pair_bucket(q_hash[a], MATCHED_HASH if matched else UNMATCHED_HASH, mask)
+            n += 1
+        indptr[r + 1] = n
+    return indptr, buckets[:n]
+
+
+@njit(cache=True, nogil=True)
+def pair_scores(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask, weights, intercept, out, col):
+    """``out[r, col] = intercept + sum of weights over row r's buckets`` (see ``pair_buckets``)."""
+    indptr, buckets = pair_buckets(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask)
+    for r in range(item_ids.shape[0]):
+        s = intercept
+        for j in range(indptr[r], indptr[r + 1]):
+            s += weights[buckets[j]]
+        out[r, col] = s

@@ -365,14 +365,18 @@ class RetrieveAndRank(Pipeline):
     ranker_budget : int, optional
         How deep into each arm's list the ranker's arm features looked at training time; serving
         uses the same depth (default: the whole list).
+    pair_model : retrieval.pair_model.TermPairModel, optional
+        The term-pair model whose ``pair_score`` column the ranker was trained with (artifacts built
+        before it have none, and their rankers do not read the column).
 
     Thread safety: ``retrieve``/``rank`` only read; ``feedback`` mutates the policy and the online
     arms and must be serialised by the caller (the state store applies feedback under one lock).
     """
 
     def __init__(self, arms, policy, ranker, text_index, item_stats, query_freq, in_memory,
-                 ranker_arms: Sequence[str] | None = None, ranker_budget: int | None = None):
+                 ranker_arms: Sequence[str] | None = None, ranker_budget: int | None = None, pair_model=None):
         super().__init__(arms, policy, ranker)
+        self.pair_model = pair_model
         names = self.arm_names if ranker_arms is None else list(ranker_arms)
         self.ranker_cols = np.array([self.arm_names.index(n) for n in names], dtype=np.int64)
         self.ranker_budget = ranker_budget
@@ -395,11 +399,19 @@ class RetrieveAndRank(Pipeline):
         new item's text against the build's vocabulary (:class:`retrieval.growth.GrownTextIndex`),
         with zero build-time item statistics. Call under the feedback lock (as ``feedback``), before
         any arm observes a new item.
+
+        Raises
+        ------
+        ValueError
+            The ranker has a term-pair column (``pair_model``; closed catalogues only), or its text
+            index has the match block (:class:`retrieval.growth.GrownTextIndex`).
         """
         from retrieval.growth import GrownTextIndex
 
         if not texts:
             return
+        if self.pair_model is not None:
+            raise ValueError("a ranker with a term-pair column cannot grow (its term hashes end at the build)")
         if self._grown is None:
             self._grown = GrownTextIndex(self.text_index)
         self._grown.append(texts)
@@ -427,8 +439,10 @@ class RetrieveAndRank(Pipeline):
         n_base = self.text_index.n_items
         grown = ids >= n_base
         if not grown.any():
-            return candidate_features(retrieval.query, ids, scores_by_arm, self.text_index, self.item_stats)
-        # Items added while serving: the same features over their own index, local ids from 0.
+            return candidate_features(retrieval.query, ids, scores_by_arm, self.text_index, self.item_stats,
+                                      pair_model=self.pair_model)
+        # Items added while serving: the same features over their own index, local ids from 0 (no
+        # term-pair column: ``grow`` refuses a ranker that has one).
         g_index = self._grown.index()
         g_stats = np.zeros((g_index.n_items, self.item_stats.shape[1]), dtype=np.float32)
         X_grown = candidate_features(retrieval.query, ids[grown] - n_base, scores_by_arm[grown], g_index, g_stats)

@@ -30,6 +30,7 @@ from retrieval.arms.base import Context
 from retrieval import _ranker_kernels as K
 from retrieval.ranker_features import (
     ITEM_STAT_NAMES, ItemTextIndex, arm_score_matrix, candidate_features, feature_names, item_stats_from_pairs,
+    ranker_text_names,
 )
 
 __all__ = [
@@ -474,12 +475,12 @@ def homedepot_groups(judgments, catalog) -> _Groups:
     return _Groups(queries, item_ids, labels, group_ptr_from_sizes(sizes))
 
 
-def _features_for(groups: _Groups, text_index, item_stats, arms=(), budget=100, context=None):
+def _features_for(groups: _Groups, text_index, item_stats, arms=(), budget=100, context=None, pair_model=None):
     blocks = []
     for g, q in enumerate(groups.queries):
         ids = groups.item_ids[groups.group_ptr[g]:groups.group_ptr[g + 1]]
         arm_scores = _arm_score_matrix(arms, q, ids, budget, context)
-        blocks.append(candidate_features(q, ids, arm_scores, text_index, item_stats))
+        blocks.append(candidate_features(q, ids, arm_scores, text_index, item_stats, pair_model=pair_model))
     return np.concatenate(blocks) if blocks else np.zeros((0, 0), dtype=np.float32)
 
 
@@ -494,8 +495,19 @@ def _stats_of(groups: _Groups, n_items: int, use_labels: bool) -> np.ndarray:
     return item_stats_from_pairs(n_items, groups.item_ids, q_of, groups.labels if use_labels else None)
 
 
-def _features_oof_stats(groups: _Groups, text_index, n_folds, seed, use_labels, arms, budget):
-    """Feature rows whose item statistics come from the *other* folds (no label leakage)."""
+def _fit_pair(groups: _Groups, text_index, pair_config):
+    """The term-pair model of these groups' judgments (None without a config)."""
+    if pair_config is None:
+        return None
+    from retrieval.pair_model import fit_term_pair_model
+
+    return fit_term_pair_model(groups.queries, groups.item_ids, groups.labels, groups.group_ptr, text_index,
+                               pair_config)
+
+
+def _features_oof_stats(groups: _Groups, text_index, n_folds, seed, use_labels, arms, budget, pair_config=None):
+    """Feature rows whose item statistics (and term-pair model, with ``pair_config``) come from the
+    *other* folds (no label leakage)."""
     n_g = len(groups.queries)
     fold = np.random.default_rng(seed).integers(0, n_folds, size=n_g)
     X = None
@@ -503,8 +515,9 @@ def _features_oof_stats(groups: _Groups, text_index, n_folds, seed, use_labels, 
         inside = np.nonzero(fold == f)[0]
         outside = np.nonzero(fold != f)[0]
         stats = _stats_of(groups.subset(outside), text_index.n_items, use_labels)
+        pair_model = _fit_pair(groups.subset(outside), text_index, pair_config)
         part = groups.subset(inside)
-        Xf = _features_for(part, text_index, stats, arms, budget)
+        Xf = _features_for(part, text_index, stats, arms, budget, pair_model=pair_model)
         if X is None:
             X = np.zeros((len(groups.item_ids), Xf.shape[1]), dtype=np.float32)
         rows = np.concatenate([np.arange(groups.group_ptr[g], groups.group_ptr[g + 1]) for g in inside]) \
@@ -540,7 +553,8 @@ HOMEDEPOT_GRID = (
 def build_homedepot_ranker(catalog, judgments, *, arms: Sequence = (), budget: int = 100,
                            grid: Sequence[RankerConfig] = DEFAULT_GRID, use_item_stats: bool = True,
                            seed: int = 0, n_folds: int = 5, text_index: ItemTextIndex | None = None,
-                           split=None, allow_linear: bool = False) -> tuple[Ranker, ItemTextIndex, dict]:
+                           split=None, allow_linear: bool = False,
+                           pair_config=None) -> tuple[Ranker, ItemTextIndex, dict]:
     """Train the ranker on Home Depot graded judgments, choosing hyperparameters on an inner split.
 
     Protocol: ``split_by_query(judgments, seed=seed)`` gives 80% train / 20% test queries (pass
@@ -551,12 +565,16 @@ def build_homedepot_ranker(catalog, judgments, *, arms: Sequence = (), budget: i
     :class:`LinearRanker` competes too and is returned when its dev NDCG@10 is at least the best tree
     ensemble's (it scores a candidate with one dot product). Candidates of a query are its
     judged products; label = grade. Item statistics of training rows come from the other folds
-    (``n_folds``); those of dev/test rows from all the rows they are trained next to.
+    (``n_folds``); those of dev/test rows from all the rows they are trained next to. With
+    ``pair_config`` (:class:`retrieval.pair_model.TermPairConfig`) the ``pair_score`` column of a
+    term-pair model joins the features, fitted the same way: per fold on the other folds for training
+    rows, on the training rows for dev/test rows.
 
     Returns
     -------
     (Ranker, ItemTextIndex, report) ; ``report["item_stats"]`` (float32 (n_items, n_stats), from
-    every judgment) is the matrix to serve with, ``report["feature_names"]`` the columns.
+    every judgment) is the matrix to serve with, ``report["pair_model"]`` (TermPairModel fitted on
+    every judgment, or None) the pair model, ``report["feature_names"]`` the columns.
     """
     from retrieval.catalog import split_by_query
 
@@ -571,15 +589,17 @@ def build_homedepot_ranker(catalog, judgments, *, arms: Sequence = (), budget: i
     arm_names = [a.name for a in arms]
     n_stats = len(ITEM_STAT_NAMES)
 
+    text_names = ranker_text_names(text_index, pair_config is not None)
+
     def featurize(train_part: _Groups, eval_part: _Groups):
-        Xtr = _features_oof_stats(train_part, text_index, n_folds, seed, True, arms, budget)
-        Xev = _features_for(eval_part, text_index, _stats_of(train_part, text_index.n_items, True), arms, budget)
+        Xtr = _features_oof_stats(train_part, text_index, n_folds, seed, True, arms, budget, pair_config)
+        Xev = _features_for(eval_part, text_index, _stats_of(train_part, text_index.n_items, True), arms, budget,
+                            pair_model=_fit_pair(train_part, text_index, pair_config))
         if not use_item_stats:
-            nt = text_index.n_text_features
-            Xtr, Xev = _drop_stats(Xtr, n_stats, nt), _drop_stats(Xev, n_stats, nt)
+            Xtr, Xev = _drop_stats(Xtr, n_stats, len(text_names)), _drop_stats(Xev, n_stats, len(text_names))
         return Xtr, Xev
 
-    names = feature_names(arm_names, ITEM_STAT_NAMES if use_item_stats else (), text_index.text_feature_names)
+    names = feature_names(arm_names, ITEM_STAT_NAMES if use_item_stats else (), text_names)
     bm25_col = names.index("bm25")
     report: dict = {"n_queries": {"fit": len(fit.queries), "dev": len(dev.queries), "test": len(test.queries)},
                     "n_rows": {"fit": int(fit.item_ids.size), "dev": int(dev.item_ids.size), "test": int(test.item_ids.size)},
@@ -616,6 +636,7 @@ def build_homedepot_ranker(catalog, judgments, *, arms: Sequence = (), budget: i
     all_groups = homedepot_groups(list(train_j) + list(test_j), catalog)
     stats = _stats_of(all_groups, text_index.n_items, True)
     report["item_stats"] = stats if use_item_stats else np.zeros((text_index.n_items, 0), dtype=np.float32)
+    report["pair_model"] = _fit_pair(all_groups, text_index, pair_config)
     report["linear_ranker"] = lin
     report["build_s"] = time.perf_counter() - t0
     return ranker, text_index, report

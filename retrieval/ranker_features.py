@@ -22,6 +22,8 @@ Columns (``feature_names``), in order:
   ``num_match`` (numeric query terms -- sizes, counts, model numbers -- present in the item / numeric
   query terms), ``has_num``, ``head_match`` (the query's last term, usually the product type, is in
   the item), ``pair_match`` (adjacent query term pairs found adjacent in the item / pairs);
+* pair column (only when a :class:`retrieval.pair_model.TermPairModel` is given; ``pair_score``): the
+  learned (query term, item term) interaction model's prediction of the grade;
 * item statistics block: the columns of ``item_stats`` (see :func:`item_stats_from_pairs`);
 * arm block: each arm's score of the item (0 when the arm did not propose it), then a 0/1 indicator
   per arm of whether it proposed the item.
@@ -46,6 +48,7 @@ from retrieval.arms.bm25 import bm25_idf
 
 __all__ = [
     "ItemTextIndex", "arm_score_matrix", "candidate_features", "feature_names", "item_stats_from_pairs",
+    "ranker_text_names",
     "reference_candidate_features", "TEXT_FEATURE_NAMES", "MATCH_FEATURE_NAMES", "ITEM_STAT_NAMES",
 ]
 
@@ -263,6 +266,14 @@ def item_stats_from_pairs(n_items: int, item_ids: np.ndarray, query_ids: np.ndar
     return out
 
 
+def ranker_text_names(text_index: ItemTextIndex, with_pair: bool = False) -> tuple:
+    """Names of the columns before the item statistics: the index's text block, then ``pair_score``
+    when :func:`candidate_features` is given a pair model."""
+    from retrieval.pair_model import PAIR_FEATURE_NAME
+
+    return text_index.text_feature_names + ((PAIR_FEATURE_NAME,) if with_pair else ())
+
+
 def feature_names(arm_names: Sequence[str] = (), stat_names: Sequence[str] = ITEM_STAT_NAMES,
                   text_names: Sequence[str] = TEXT_FEATURE_NAMES) -> list[str]:
     """Column names of :func:`candidate_features` for these arms and item statistics
@@ -329,7 +340,7 @@ def _check_inputs(item_ids, arm_scores, text_index, item_stats, arm_proposed):
 
 def candidate_features(query: str, item_ids: np.ndarray, arm_scores: np.ndarray,
                        text_index: ItemTextIndex, item_stats: np.ndarray,
-                       arm_proposed: np.ndarray | None = None) -> np.ndarray:
+                       arm_proposed: np.ndarray | None = None, pair_model=None) -> np.ndarray:
     """Feature matrix of one query's candidates (training and serving share this function).
 
     Parameters
@@ -344,23 +355,25 @@ def candidate_features(query: str, item_ids: np.ndarray, arm_scores: np.ndarray,
     item_stats : float32 array of shape (n_items, n_stats)
     arm_proposed : bool array of shape (m, n_arms), optional
         Which arm proposed which candidate; default ``arm_scores != 0``.
+    pair_model : retrieval.pair_model.TermPairModel, optional
+        Adds the ``pair_score`` column after the text block (fitted on ``text_index``'s vocabulary).
 
     Returns
     -------
-    float32 array of shape (m, text_index.n_text_features + n_stats + 2 * n_arms), columns
-    ``feature_names(arms, stats, text_index.text_feature_names)``.
+    float32 array of shape (m, text_index.n_text_features [+ 1] + n_stats + 2 * n_arms), columns
+    ``feature_names(arms, stats, ranker_text_names(text_index, pair_model is not None))``.
 
     Raises
     ------
     ValueError
-        On a shape mismatch or an item id outside the index.
+        On a shape mismatch, an item id outside the index, or a pair model of another vocabulary.
     """
     item_ids, arm_scores, item_stats, arm_proposed = _check_inputs(
         item_ids, arm_scores, text_index, item_stats, arm_proposed)
     m = item_ids.shape[0]
     n_arms = arm_scores.shape[1]
     n_stats = item_stats.shape[1]
-    nt = text_index.n_text_features
+    nt = text_index.n_text_features + (pair_model is not None)
     out = np.empty((m, nt + n_stats + 2 * n_arms), dtype=np.float32)
     if m == 0:
         return out
@@ -371,6 +384,8 @@ def candidate_features(query: str, item_ids: np.ndarray, arm_scores: np.ndarray,
     if text_index.match_features:
         K.match_features(item_ids, q_terms, q_seq, text_index.term_is_num, text_index.tok_flat, text_index.tok_ptr,
                          out, K.N_TEXT_FEATURES)
+    if pair_model is not None:
+        pair_model.scores_into(query, item_ids, text_index, out, text_index.n_text_features)
     out[:, nt:nt + n_stats] = item_stats[item_ids]
     a0 = nt + n_stats
     out[:, a0:a0 + n_arms] = arm_scores
@@ -382,12 +397,19 @@ def reference_candidate_features(query: str, item_texts: Sequence[str], arm_scor
                                  idf: Mapping[str, float], unseen_idf: float, avg_len: float,
                                  item_stat_rows: np.ndarray, k1: float = 1.2, b: float = 0.75,
                                  arm_proposed: np.ndarray | None = None, analyzer: str = "qp2q",
-                                 match_features: bool = False) -> np.ndarray:
+                                 match_features: bool = False, pair_model=None) -> np.ndarray:
     """Slow pure-Python twin of :func:`candidate_features`, straight from the definitions.
 
-    Works on the item *texts* and a term -> IDF mapping instead of the index arrays; the tests
-    check the numba path against it.
+    Works on the item *texts* and a term -> IDF mapping instead of the index arrays (the pair column:
+    :func:`retrieval.pair_model.reference_pair_scores` from the texts and ``pair_model``'s weights);
+    the tests check the numba path against it.
     """
+    pair = None
+    if pair_model is not None:
+        from retrieval.pair_model import reference_pair_scores
+
+        pair = reference_pair_scores(query, item_texts, pair_model.weights, pair_model.intercept,
+                                     pair_model.config.n_bits, analyzer)
     terms = get_analyzer(analyzer).terms
     q_tokens = terms(query)
     distinct = list(dict.fromkeys(q_tokens))
@@ -435,11 +457,13 @@ def reference_candidate_features(query: str, item_texts: Sequence[str], arm_scor
                 1.0 if q_tokens and q_tokens[-1] in idf and tf[q_tokens[-1]] > 0 else 0.0,
                 sum(a in idf and b in idf and (a, b) in item_pairs for a, b in pairs) / len(pairs) if pairs else 0.0,
             ]
+        if pair is not None:
+            row.append(float(pair[r]))
         row += [float(v) for v in item_stat_rows[r]]
         row += [float(v) for v in arm_scores[r]]
         prop = (arm_scores[r] != 0) if arm_proposed is None else arm_proposed[r]
         row += [float(v) for v in prop]
         rows.append(row)
-    n_text = K.N_TEXT_FEATURES + (K.N_MATCH_FEATURES if match_features else 0)
+    n_text = K.N_TEXT_FEATURES + (K.N_MATCH_FEATURES if match_features else 0) + (pair is not None)
     n_cols = n_text + np.asarray(item_stat_rows).reshape(len(item_texts), -1).shape[1] + 2 * np.asarray(arm_scores).reshape(len(item_texts), -1).shape[1]
     return np.array(rows, dtype=np.float32).reshape(len(item_texts), n_cols)

@@ -138,6 +138,7 @@ class CatalogEngine:
 
 def load_engine(path: Path) -> CatalogEngine:
     """Load one ``search`` artifact directory into a :class:`CatalogEngine` (arrays memory-mapped)."""
+    from retrieval.pair_model import TermPairModel
     from retrieval.ranker_features import ItemTextIndex
 
     art = load_artifact(path, "search")
@@ -157,11 +158,14 @@ def load_engine(path: Path) -> CatalogEngine:
     ranker = _ranker_class(p["ranker_kind"]).from_arrays(rp, ra)
     text_index = ItemTextIndex.from_arrays(*art.component("text_index"))
     item_stats = np.asarray(art.component("item_stats")[1]["item_stats"])
+    # Home Depot artifacts since the term-pair column carry its model; older ones have none.
+    pair_model = TermPairModel.from_arrays(*art.component("pair_model")) if "pair_model" in art.components else None
     qa = art.component("query_counts")[1]
     counts = dict(zip(arrays_to_strings(qa["queries_flat"], qa["queries_ptr"]), np.asarray(qa["counts"]).tolist()))
     engine = RetrieveAndRank(arms, policy, ranker, text_index, item_stats,
                              query_freq=lambda q: counts.get(q, 0), in_memory=lambda q: q in counts,
-                             ranker_arms=p.get("ranker_arms"), ranker_budget=p.get("ranker_budget"))
+                             ranker_arms=p.get("ranker_arms"), ranker_budget=p.get("ranker_budget"),
+                             pair_model=pair_model)
     return CatalogEngine(p["catalog"], catalog, engine, int(p["config"]["default_budget"]),
                          f"{p['catalog']}@{p.get('built_at', '')}",
                          get_analyzer(p.get("analyzer", "qp2q")).normalize,

@@ -4,10 +4,12 @@ policies consistently."""
 from __future__ import annotations
 
 import gzip
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
+from retrieval.arms.base import Context
 from retrieval.build import build_search_homedepot
 from retrieval.policy import PolicyConfig
 from retrieval.ranker import RankerConfig
@@ -66,3 +68,34 @@ def test_judged_evaluation_menu_and_policy_override(hd_slice):
     assert what_if["oracle_allocation"] >= recalls.max() - 1e-12
     fusion_only = [m for m in what_if["menu"] if m["allocation"]["fusion"] == 100]
     assert fusion_only[0]["recall@100"] == pytest.approx(what_if["arms"]["fusion"]["recall@100"])
+
+
+def test_pair_column_is_served_and_an_artifact_without_it_still_answers(hd_slice):
+    from retrieval.build import HOMEDEPOT_BUILD_CONFIG
+    from retrieval.pair_model import TermPairModel
+    from retrieval.ranker_features import candidate_features
+
+    ce = load_engine(hd_slice / "art" / "search" / "homedepot")
+    eng = ce.engine
+    assert isinstance(eng.pair_model, TermPairModel) and eng.pair_model.config == HOMEDEPOT_BUILD_CONFIG.pair
+    r = eng.retrieve("vanity with sink", Context(), 50, np.random.default_rng(0))
+    ids = np.asarray(r.union_ids[:20], dtype=np.int32)
+    feats = eng.features(r, ids)
+    nt = eng.text_index.n_text_features
+    assert feats.shape[1] == eng.ranker.n_features
+    np.testing.assert_array_equal(feats[:, nt], eng.pair_model.score("vanity with sink", ids, eng.text_index))
+    # An artifact written before the pair column (no pair_model component, ranker without the column).
+    grid = (RankerConfig(objective="regression", n_trees=5, learning_rate=0.3, max_leaf_nodes=7, min_samples_leaf=5),)
+    old = hd_slice / "old" / "search" / "homedepot"
+    build_search_homedepot(hd_slice / "products.tsv", hd_slice / "train.tsv", old, ranker_grid=grid,
+                           config=replace(HOMEDEPOT_BUILD_CONFIG, pair=None))
+    old_ce = load_engine(old)
+    assert old_ce.engine.pair_model is None
+    r = old_ce.engine.retrieve("vanity with sink", Context(), 50, np.random.default_rng(0))
+    ids = np.asarray(r.union_ids[:20], dtype=np.int32)
+    np.testing.assert_array_equal(
+        old_ce.engine.features(r, ids),
+        candidate_features(r.query, ids, np.zeros((ids.size, 0), np.float32), old_ce.engine.text_index,
+                           old_ce.engine.item_stats))
+    ranked, scores, _ = old_ce.engine.rank(r, 10)
+    assert len(ranked) == min(10, r.union_ids.size) and np.all(np.diff(scores) <= 0)

@@ -157,3 +157,11 @@ def test_pipeline_grow_tells_every_online_arm_and_features_cover_grown_items():
     assert np.all(X[[0, 2], eng.text_index.n_text_features:eng.text_index.n_text_features + 3] == 0)
     top, scores, _ = eng.rank(r, 3)
     assert top.tolist()[0] == n + 1  # the text match puts the new site first (ranker = bm25 column)
+
+
+def test_pipeline_with_a_term_pair_column_cannot_grow():
+    eng = _pipeline()
+    eng.pair_model = object()  # any term-pair model: its term hashes end at the build's vocabulary
+    with pytest.raises(ValueError, match="term-pair"):
+        eng.grow([url_text("myspace.com")])
+    assert eng.n_items == len(BASE)  # refused before any arm grew
