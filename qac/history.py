@@ -207,10 +207,12 @@ class KeyedQueryCounts:
                 self._online_sorted[key] = []
             row = online.get(query)
             if row is None:
-                # In place (a memmove): readers slice the list under the GIL, so a lookup racing an
-                # insert may miss or repeat one neighbour of the new entry, never crash.
-                bisect.insort(self._online_sorted[key], query)
+                # The entry first, then its place in the sorted list, so that a reader never finds a
+                # listed query without its entry. The insort is in place (a memmove): readers slice
+                # the list under the GIL, so a lookup racing an insert may miss or repeat one
+                # neighbour of the new entry, never crash.
                 online[query] = [int(count), int(timestamp)]
+                bisect.insort(self._online_sorted[key], query)
             else:
                 row[0] += int(count)
                 row[1] = max(row[1], int(timestamp))

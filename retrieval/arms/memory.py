@@ -163,14 +163,14 @@ def _decay(value: float, from_time: int, to_time: int, half_life: float) -> floa
     return value * 2.0 ** ((from_time - to_time) / half_life)
 
 
-def _add_click(entry: list, weight: float, t: int, half_life: float) -> None:
-    """Fold one click into ``[value, last_time]`` (the lazy-decay update of the module docstring)."""
+def _add_click(entry: tuple, weight: float, t: int, half_life: float) -> tuple[float, int]:
+    """``(value, last_time)`` after folding one click into ``entry`` (the lazy-decay update of the
+    module docstring). Returns a new pair: entries are replaced, never changed in place, so a reader
+    on another thread sees either the old pair or the new one."""
     value, last = entry
     if t >= last:
-        entry[0] = _decay(value, last, t, half_life) + weight
-        entry[1] = t
-    else:
-        entry[0] = value + _decay(weight, t, last, half_life)
+        return _decay(value, last, t, half_life) + weight, t
+    return value + _decay(weight, t, last, half_life), last
 
 
 class DecayedPostings:
@@ -210,7 +210,7 @@ class DecayedPostings:
         self._row = dict(zip(keys, range(n_keys)))
         if len(self._row) != n_keys:
             raise ValueError("key_flat: duplicate keys")
-        self.online: dict[str, dict[int, list]] = {}
+        self.online: dict[str, dict[int, tuple[float, int]]] = {}
 
     @property
     def n_keys(self) -> int:
@@ -258,10 +258,8 @@ class DecayedPostings:
         if per_key is None:
             per_key = self.online[key] = {}
         entry = per_key.get(item)
-        if entry is None:
-            per_key[item] = [float(weight), int(t)]
-        else:
-            _add_click(entry, float(weight), int(t), self.half_life)
+        per_key[item] = ((float(weight), int(t)) if entry is None
+                         else _add_click(entry, float(weight), int(t), self.half_life))
 
     def counts(self, key: str, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Observed items of ``key`` and their counts at time ``t``: (int32 (m,) ascending, float64 (m,))."""
@@ -278,7 +276,7 @@ class DecayedPostings:
     def _per_item(self, key: str, offline: Callable[[int, int], np.ndarray],
                   fold: Callable[[object, float, int], object], dtype) -> tuple[np.ndarray, np.ndarray]:
         """Items of ``key`` (int32 ascending) and one ``dtype`` value each: ``offline(a, b)`` gives the
-        values of the offline postings ``[a, b)``, and each online ``[value, last]`` entry is folded in
+        values of the offline postings ``[a, b)``, and each online ``(value, last)`` entry is folded in
         by ``fold(offline value or None, value, last)``."""
         r = self._row.get(key)
         online = self.online.get(key)
@@ -292,7 +290,9 @@ class DecayedPostings:
             merged = {}
         else:
             return _EMPTY_IDS, np.zeros(0, dtype=dtype)
-        for item, (value, last) in online.items():
+        # ``list(dict.items())`` is one C call under the GIL: a snapshot that a Feedback thread adding
+        # to this key meanwhile cannot change under the loop ("dictionary changed size").
+        for item, (value, last) in list(online.items()):
             merged[item] = fold(merged.get(item), value, last)
         ids = np.fromiter(merged.keys(), dtype=np.int32, count=len(merged))
         vals = np.fromiter(merged.values(), dtype=dtype, count=len(merged))
@@ -329,9 +329,9 @@ class DecayedPostings:
         items = np.asarray(arrays["post_items"]).tolist()
         values = np.asarray(arrays["post_value"]).tolist()
         times = np.asarray(arrays["post_time"]).tolist()
-        online: dict[str, dict[int, list]] = {}
+        online: dict[str, dict[int, tuple[float, int]]] = {}
         for j, k in enumerate(keys):
-            online[k] = {items[p]: [values[p], times[p]] for p in range(ptr[j], ptr[j + 1])}
+            online[k] = {items[p]: (values[p], times[p]) for p in range(ptr[j], ptr[j + 1])}
         self.online = online
 
 

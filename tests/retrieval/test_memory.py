@@ -321,3 +321,43 @@ def test_last_times_merge_offline_and_online_clicks():
     assert ids.tolist() == [0, 3, 7] and last.tolist() == [40 * DAY, 30 * DAY, 2 * DAY]
     assert [x.tolist() for x in p.last_times("c")] == [[2], [3 * DAY]]
     assert [x.tolist() for x in p.last_times("zz")] == [[], []]
+
+
+def test_counts_read_while_another_thread_adds_clicks_never_fails():
+    """Search threads read the online clicks while a Feedback thread adds to the same key (threads
+    mode). Iterating the live dict failed with "dictionary changed size during iteration"."""
+    import sys
+    import threading
+
+    from retrieval.arms.memory import DecayedPostings
+
+    d = DecayedPostings.build(["k"], np.array([0]), np.array([0]), np.array([1.0]), 3600.0)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def writer():
+        for i in range(1, 6001):
+            d.add("k", i % 3000 + 1, 1.0, i)  # new items, then repeat clicks (entries replaced)
+        done.set()
+
+    def reader():
+        try:
+            while not done.is_set():
+                ids, counts = d.counts("k", 10_000)
+                assert ids.size == counts.size and np.all(counts > 0)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors[0]
+    ids, counts = d.counts("k", 6000)
+    assert ids.size == 3001
