@@ -17,6 +17,8 @@ import math
 import numpy as np
 from numba import njit
 
+from qac.xmr._kernels import splitmix64_mix
+
 # Column order of the text block written by ``text_features`` (names in ranker_features).
 N_TEXT_FEATURES = 12
 
@@ -281,12 +283,7 @@ def pair_bucket(q_hash, u_hash, mask):
 
     ``q_hash`` / ``u_hash`` are uint32 CRC-32s of the terms; ``mask = 2**n_bits - 1``.
     """
-    x = (np.uint64(q_hash) << np.uint64(32)) | np.uint64(u_hash)
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
+    x = splitmix64_mix((np.uint64(q_hash) << np.uint64(32)) | np.uint64(u_hash))
     return np.int64(x & np.uint64(mask))
 
 

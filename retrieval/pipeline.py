@@ -444,7 +444,9 @@ class RetrieveAndRank(Pipeline):
         # Items added while serving: the same features over their own index, local ids from 0 (no
         # term-pair column: ``grow`` refuses a ranker that has one).
         g_index = self._grown.index()
-        g_stats = np.zeros((g_index.n_items, self.item_stats.shape[1]), dtype=np.float32)
+        # All-zero statistics as a stride-0 view: no per-request allocation as large as the grown set.
+        g_stats = np.broadcast_to(np.zeros(self.item_stats.shape[1], dtype=np.float32),
+                                  (g_index.n_items, self.item_stats.shape[1]))
         X_grown = candidate_features(retrieval.query, ids[grown] - n_base, scores_by_arm[grown], g_index, g_stats)
         X = np.empty((ids.size, X_grown.shape[1]), dtype=np.float32)
         X[grown] = X_grown

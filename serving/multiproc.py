@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import TextIO
 
-from serving.server import ServerConfig, format_address
+from serving.server import ServerConfig, format_address, search_loader_for
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def serve_processes(config: ServerConfig, n_processes: int, *, out: TextIO | Non
     if isinstance(n_processes, bool) or not isinstance(n_processes, int) or n_processes < 1:
         raise ValueError(f"processes must be a positive int, got {n_processes!r}")
     out = sys.stdout if out is None else out
-    search = search and config.artifacts is not None and Path(config.artifacts, "search").is_dir()
+    search = search and search_loader_for(config.artifacts) is not None
     try:
         reserved = reserve_port(config.host, config.port)
     except OSError as exc:

@@ -31,12 +31,17 @@ ERR_FEATURE_INDEX = -1
 
 
 @njit(cache=True, nogil=True)
-def _splitmix64_next(state):
-    state[0] = state[0] + np.uint64(0x9E3779B97F4A7C15)
-    z = state[0]
+def splitmix64_mix(z):
+    """splitmix64's output function of a uint64 ``z`` (also a good 64-bit hash of ``z``)."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
+
+
+@njit(cache=True, nogil=True)
+def _splitmix64_next(state):
+    state[0] = state[0] + np.uint64(0x9E3779B97F4A7C15)
+    return splitmix64_mix(state[0])
 
 
 @njit(cache=True, nogil=True)
