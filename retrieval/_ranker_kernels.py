@@ -348,3 +348,28 @@ def pair_scores(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask, weights, i
         for j in range(indptr[r], indptr[r + 1]):
             s += weights[buckets[j]]
         out[r, col] = s
+
+
+@njit(cache=True, nogil=True)
+def arm_score_matrix(keys, listed, values, list_ptr, out):
+    """Each candidate's score in each arm's list, 0 where absent (``ranker_features.arm_score_matrix``).
+
+    Parameters
+    ----------
+    keys : int64 (m,), the candidates (an id may repeat: every row of it gets the same scores)
+    listed : int64 (total,), the arms' heads concatenated; arm ``a`` is ``list_ptr[a]:list_ptr[a + 1]``,
+        no id twice within an arm
+    values : float32 (total,), their scores
+    list_ptr : int64 (n_arms + 1,)
+    out : float32 (m, n_arms), all zero on entry
+    """
+    order = np.argsort(keys, kind="mergesort")
+    sorted_keys = keys[order]
+    m = keys.size
+    for a in range(list_ptr.size - 1):
+        for p in range(list_ptr[a], list_ptr[a + 1]):
+            v = listed[p]
+            j = np.searchsorted(sorted_keys, v)
+            while j < m and sorted_keys[j] == v:
+                out[order[j], a] = values[p]
+                j += 1

@@ -207,3 +207,66 @@ def promote(order, rank, scores, item):
     order[lo] = item
     rank[item] = lo
 
+
+
+@njit(cache=True, nogil=True)
+def unique_inverse(keys):
+    """Distinct values of ``keys`` ascending and each key's index among them: ``np.unique(keys,
+    return_inverse=True)`` for the short arrays of one request (no NumPy call overhead).
+
+    Parameters
+    ----------
+    keys : int array (m,)
+
+    Returns
+    -------
+    uniq : (u,) of ``keys.dtype``, ascending; inverse : int64 (m,), ``uniq[inverse] == keys``
+    """
+    order = np.argsort(keys, kind="mergesort")
+    uniq = np.empty(keys.size, dtype=keys.dtype)
+    inverse = np.empty(keys.size, dtype=np.int64)
+    u = 0
+    for j in range(order.size):
+        v = keys[order[j]]
+        if u == 0 or uniq[u - 1] != v:
+            uniq[u] = v
+            u += 1
+        inverse[order[j]] = u - 1
+    return uniq[:u], inverse
+
+
+@njit(cache=True, nogil=True)
+def pool_rank_columns(all_ids, all_scores, all_log_scores, list_ptr, k):
+    """The pool of several ranked lists and each item's place in each (``retrieval.arms.base.pool_rank_columns``).
+
+    Parameters
+    ----------
+    all_ids : int32 (total,), the lists concatenated; list ``a`` is ``list_ptr[a]:list_ptr[a + 1]``,
+        best first, no id twice within a list
+    all_scores : float64 (total,)
+    all_log_scores : float64 (total,), ``log1p(max(score, 0))`` (computed by NumPy, so the values
+        are exactly those of a NumPy twin)
+    list_ptr : int64 (n_lists + 1,)
+    k : float64 > 0, reciprocal-rank constant
+
+    Returns
+    -------
+    ids : int32 (m,), distinct, ascending
+    cols : float64 (m, n_lists, 3): ``1 / (k + rank)`` (1-based), ``score / top score`` (0 when the
+        top score is <= 0), ``log1p(max(score, 0))``; 0 where a list does not hold the item
+    """
+    n_lists = list_ptr.size - 1
+    ids, inverse = unique_inverse(all_ids)
+    cols = np.zeros((ids.size, n_lists, 3), dtype=np.float64)
+    for a in range(n_lists):
+        lo = list_ptr[a]
+        hi = list_ptr[a + 1]
+        if hi == lo:
+            continue
+        top = all_scores[lo]
+        for p in range(lo, hi):
+            row = inverse[p]
+            cols[row, a, 0] = 1.0 / (k + np.float64(p - lo + 1))
+            cols[row, a, 1] = all_scores[p] / top if top > 0 else 0.0
+            cols[row, a, 2] = all_log_scores[p]
+    return ids, cols

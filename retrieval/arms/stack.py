@@ -124,7 +124,7 @@ def pool_features(query: str, context: Context, arms: Sequence[Arm], depth: int,
     X[:, c + 10] = math.log1p(_NEVER)  # no history arm: no click of the user's is known
     for arm in arms:
         if arm.name == "popularity":
-            X[:, c] = np.log1p(np.asarray(arm.scores, dtype=np.float64)[ids])
+            X[:, c] = np.log1p(arm.scores[ids].astype(np.float64))  # the pool's entries only
         elif arm.name == "memory":
             keys, counts = arm.observed(query, context)
             X[:, c + 1] = np.log1p(_lookup(keys, counts, ids))
