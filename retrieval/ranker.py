@@ -102,6 +102,22 @@ def _check_fit_inputs(features, labels, group_ptr):
     return X, y, gp
 
 
+def float32_floor(t: np.ndarray) -> np.ndarray:
+    """The largest float32 at or below each float64 threshold, float32 of ``t``'s shape.
+
+    For every float32 ``x``: ``float64(x) <= t`` exactly when ``x <= float32_floor(t)`` (the largest
+    float32 not above ``t`` bounds every float32 that is not above it), so a tree walk may compare
+    float32 features with these instead of converting each feature to float64. ``t`` beyond the
+    float32 range gives the largest finite float32 (or ``-inf``); NaN stays NaN (never ``<=``).
+    """
+    t = np.asarray(t, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        f = t.astype(np.float32)  # round to nearest: may land above t
+    above = f.astype(np.float64) > t
+    f[above] = np.nextafter(f[above], np.float32(-np.inf))
+    return f
+
+
 class Ranker:
     """Tree-ensemble ranker stored as flat arrays and scored by a numba kernel.
 
@@ -123,6 +139,7 @@ class Ranker:
         self.node_right = np.zeros(0, dtype=np.int32)
         self.node_value = np.zeros(0, dtype=np.float64)
         self.node_missing_left = np.zeros(0, dtype=np.uint8)
+        self._threshold32 = np.zeros(0, dtype=np.float32)  # float32_floor(node_threshold), what score() compares
 
     @property
     def n_trees(self) -> int:
@@ -201,6 +218,7 @@ class Ranker:
             self.node_value = np.concatenate([t[4] for t in trees]).astype(np.float64)
             self.node_missing_left = np.concatenate([t[5] for t in trees]).astype(np.uint8)
         self._validate()
+        self._threshold32 = float32_floor(self.node_threshold)
 
     def _fit_lambdarank(self, X, y, gp):
         from sklearn.tree import DecisionTreeRegressor
@@ -264,7 +282,7 @@ class Ranker:
         if X.ndim != 2 or X.shape[1] != self.n_features:
             raise ValueError(f"features must have shape (m, {self.n_features}), got {X.shape}")
         out = np.empty(X.shape[0], dtype=np.float64)
-        K.ensemble_score(X, self.tree_ptr, self.node_feature, self.node_threshold, self.node_left,
+        K.ensemble_score(X, self.tree_ptr, self.node_feature, self._threshold32, self.node_left,
                          self.node_right, self.node_value, self.node_missing_left, self.baseline, out)
         return out.astype(np.float32)
 
@@ -294,6 +312,7 @@ class Ranker:
         r.node_value = np.asarray(arrays["node_value"], dtype=np.float64)
         r.node_missing_left = np.asarray(arrays["node_missing_left"], dtype=np.uint8)
         r._validate()
+        r._threshold32 = float32_floor(r.node_threshold)
         if r.n_trees != params["n_trees"]:
             raise ValueError(f"n_trees: params say {params['n_trees']}, arrays hold {r.n_trees}")
         return r

@@ -6,7 +6,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingRegressor
 
 from retrieval.ranker import (
-    LinearRanker, Ranker, RankerConfig, group_ptr_from_sizes, mrr_at_k, ndcg_at_k,
+    LinearRanker, Ranker, RankerConfig, float32_floor, group_ptr_from_sizes, mrr_at_k, ndcg_at_k,
 )
 
 
@@ -29,6 +29,60 @@ def test_hgb_export_equals_sklearn_predict_with_missing_values():
     Xt = rng.normal(size=(3000, 5)).astype(np.float32)
     Xt[rng.random(Xt.shape) < 0.15] = np.nan
     np.testing.assert_allclose(r.score(Xt), model.predict(Xt).astype(np.float32), rtol=0, atol=1e-5)
+
+
+def _score_twin(r: Ranker, X: np.ndarray) -> np.ndarray:
+    """Slow exact twin of ``Ranker.score``: walk every tree in Python, comparing in float64."""
+    out = np.full(X.shape[0], r.baseline, dtype=np.float64)
+    for i in range(X.shape[0]):
+        for t in range(r.n_trees):
+            node = int(r.tree_ptr[t])
+            while r.node_feature[node] >= 0:
+                x = float(X[i, r.node_feature[node]])
+                left = r.node_missing_left[node] != 0 if np.isnan(x) else x <= r.node_threshold[node]
+                node = int(r.node_left[node] if left else r.node_right[node])
+            out[i] += r.node_value[node]
+    return out.astype(np.float32)
+
+
+def test_float32_floor_keeps_every_float64_decision():
+    rng = np.random.default_rng(0)
+    x32 = np.concatenate([rng.normal(size=300).astype(np.float32), np.float32([0.0, -0.0, 1e-45, 3.4e38, -3.4e38]),
+                          np.float32([np.inf, -np.inf])])
+    near = x32[np.isfinite(x32)].astype(np.float64)
+    t = np.concatenate([near, near + np.abs(near) * 1e-9, near - np.abs(near) * 1e-9,  # just above / below
+                        np.nextafter(near, np.inf), np.nextafter(near, -np.inf),
+                        (near[:-1] + near[1:]) / 2, [1e300, -1e300, np.inf, -np.inf, np.nan]])
+    f = float32_floor(t)
+    assert f.dtype == np.float32 and f.shape == t.shape
+    want = x32.astype(np.float64)[:, None] <= t[None, :]
+    np.testing.assert_array_equal(x32[:, None] <= f[None, :], want)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_score_kernel_equals_float64_walk(seed):
+    """The float32-threshold kernel takes every decision of the float64 walk, NaNs included, also for
+    thresholds equal to feature values and one float32 step either side of them."""
+    rng = np.random.default_rng(seed)
+    X = np.round(rng.normal(size=(1500, 5)), 1).astype(np.float32)  # many ties
+    X[rng.random(X.shape) < 0.1] = np.nan
+    y = np.nan_to_num(X[:, 0]) * 2 + np.isnan(X[:, 1]) + rng.normal(0, 0.1, 1500)
+    model = HistGradientBoostingRegressor(max_iter=30, max_leaf_nodes=15, random_state=seed,
+                                          early_stopping=False).fit(X, y)
+    r = Ranker()
+    r._load_hgb(model)
+    params, arrays = r.to_arrays()
+    inner = arrays["node_feature"] >= 0
+    values = X[~np.isnan(X)].astype(np.float64)
+    pick = rng.choice(values, size=int(inner.sum()))
+    step = rng.integers(-1, 2, size=pick.size)  # the value itself, or the float64 just below / above it
+    thr = np.where(step == 0, pick, np.where(step < 0, np.nextafter(pick, -np.inf), np.nextafter(pick, np.inf)))
+    arrays["node_threshold"] = arrays["node_threshold"].copy()
+    arrays["node_threshold"][inner] = np.where(rng.random(pick.size) < 0.5, thr, arrays["node_threshold"][inner])
+    r2 = Ranker.from_arrays(params, arrays)
+    Xt = np.concatenate([X[:400], np.round(rng.normal(size=(200, 5)), 1).astype(np.float32)])
+    np.testing.assert_array_equal(r2.score(Xt), _score_twin(r2, Xt))
+    np.testing.assert_array_equal(r.score(Xt), _score_twin(r, Xt))
 
 
 def test_fit_regression_equals_sklearn_and_round_trips():
