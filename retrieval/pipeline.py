@@ -314,10 +314,17 @@ class Pipeline:
     def _proposed(retrieval: "Retrieval", ids) -> np.ndarray:
         """Which arms put each of ``ids`` into the union (within their allocation): bool (m, n_arms).
         Reported with each hit; the ranker's own arm features are :meth:`features`."""
-        keys = ids.tolist() if isinstance(ids, np.ndarray) else ids
-        pos = {key: r for r, key in enumerate(keys)}
-        out = np.zeros((len(keys), len(retrieval.arm_ids)), dtype=bool)
-        for a, (aids, n) in enumerate(zip(retrieval.arm_ids, retrieval.arm_depths().tolist())):
+        depths = retrieval.arm_depths().tolist()
+        out = np.zeros((len(ids), len(retrieval.arm_ids)), dtype=bool)
+        if isinstance(ids, np.ndarray):  # catalogue items: one kernel over the concatenated heads
+            heads = [np.asarray(aids[:n], dtype=np.int32) for aids, n in zip(retrieval.arm_ids, depths)]
+            ptr = np.zeros(len(heads) + 1, dtype=np.int64)
+            np.cumsum([h.size for h in heads], out=ptr[1:])
+            if ptr[-1]:
+                _k.proposed(np.asarray(ids, dtype=np.int32), np.concatenate(heads), ptr, out)
+            return out
+        pos = {key: r for r, key in enumerate(ids)}  # completion strings
+        for a, (aids, n) in enumerate(zip(retrieval.arm_ids, depths)):
             head = aids[:n]
             for key in (head.tolist() if isinstance(head, np.ndarray) else head):
                 r = pos.get(key)

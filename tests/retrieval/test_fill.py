@@ -126,3 +126,29 @@ def test_pipeline_feedback_trains_on_filled_unions():
         assert eng.feedback(r, 14, Context()) == 1.0
     scores = policy.expected_rewards(r.x, r.arm_x, 20)
     assert np.all(scores > 0.9)  # every action's filled union holds rank 14
+
+
+@pytest.mark.parametrize("seed", range(15))
+def test_proposed_equals_slow_twin(seed):
+    """``Pipeline._proposed`` (which arms' union heads hold each shown item): the kernel path for item
+    ids and the Python path for completion strings both equal a set-membership twin."""
+    from retrieval.pipeline import Pipeline, Retrieval
+
+    rng = np.random.default_rng(seed)
+    n_arms, budget = int(rng.integers(1, 8)), 40
+    arm_ids = random_lists(rng, n_arms, budget, 60)
+    depths = np.array([int(rng.integers(0, len(ids) + 1)) for ids in arm_ids], dtype=np.int64)
+    heads = [set(ids[:n].tolist()) for ids, n in zip(arm_ids, depths)]
+    union = union_of(arm_ids, depths)
+    top = rng.permutation(np.concatenate([union, rng.integers(0, 60, size=3).astype(np.int32)]))[:10]
+    top = np.unique(top).astype(np.int32)
+    decision = Decision(0, depths.astype(np.int32), 1.0, False, budget)
+    r = Retrieval("q", budget, arm_ids, [np.zeros(len(a), np.float32) for a in arm_ids], np.zeros(1, np.float32),
+                  np.zeros((n_arms, 1), np.float32), decision, union, depths=depths)
+    want = np.array([[int(i) in h for h in heads] for i in top.tolist()], dtype=bool).reshape(top.size, n_arms)
+    got = Pipeline._proposed(r, top)
+    assert got.dtype == bool
+    np.testing.assert_array_equal(got, want)
+    as_str = Retrieval("q", budget, [[str(i) for i in ids.tolist()] for ids in arm_ids], r.arm_scores, r.x,
+                       r.arm_x, decision, [str(i) for i in union.tolist()], depths=depths)
+    np.testing.assert_array_equal(Pipeline._proposed(as_str, [str(i) for i in top.tolist()]), want)
