@@ -21,6 +21,8 @@ Order of results everywhere: score descending, then id ascending ("better" below
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -270,3 +272,55 @@ def pool_rank_columns(all_ids, all_scores, all_log_scores, list_ptr, k):
             cols[row, a, 1] = all_scores[p] / top if top > 0 else 0.0
             cols[row, a, 2] = all_log_scores[p]
     return ids, cols
+
+
+@njit(cache=True, nogil=True)
+def _lookup_one(keys, values, item, fill):
+    """``values`` at ``item`` for ascending ``keys``, ``fill`` where ``item`` is not a key."""
+    j = np.searchsorted(keys, item)
+    if j < keys.size and keys[j] == item:
+        return values[j]
+    return fill
+
+
+@njit(cache=True, nogil=True)
+def stack_pool_rows(X, ids, cols, pop_scores, mem_keys, mem_counts, prev_keys, prev_counts, user_keys,
+                    user_counts, ago_keys, ago_seconds, never, request):
+    """Fill the stacked arm's feature rows (``retrieval.arms.stack.pool_features``) in one pass.
+
+    Parameters
+    ----------
+    X : float32 (m, 3 * n_lists + 12), all zero on entry; columns ``stack.feature_names``
+    ids : int32 (m,), the pool; cols : float64 (m, n_lists, 3), :func:`pool_rank_columns`
+    pop_scores : float32 (n_items,) popularity counts, or (0,) without a popularity sub-arm
+    mem_keys, mem_counts / prev_keys, prev_counts / user_keys, user_counts : int32 ascending and
+        float64, the decayed click counts of the query, of the previous query and of the user (empty
+        when unknown or without the arm)
+    ago_keys, ago_seconds : int32 ascending, float64: seconds since the user's latest click on each
+    never : float64, the seconds written for an item the user never clicked
+    request : float64 (6,), the per-request columns ``n_words .. session_position`` (already
+        transformed) and ``repeated_query``
+
+    Every log is ``math.log1p`` in float64, then rounded to float32 as the columns are stored.
+    """
+    m = ids.shape[0]
+    n_lists = cols.shape[1]
+    c = 3 * n_lists
+    for i in range(m):
+        item = ids[i]
+        n_in = 0
+        for a in range(n_lists):
+            for f in range(3):
+                X[i, 3 * a + f] = cols[i, a, f]
+            if cols[i, a, 0] > 0:
+                n_in += 1
+        if pop_scores.size:
+            X[i, c] = math.log1p(np.float64(pop_scores[item]))
+        X[i, c + 1] = math.log1p(_lookup_one(mem_keys, mem_counts, item, 0.0))
+        X[i, c + 2] = math.log1p(_lookup_one(user_keys, user_counts, item, 0.0))
+        X[i, c + 3] = math.log1p(_lookup_one(prev_keys, prev_counts, item, 0.0))
+        X[i, c + 4] = n_in
+        for j in range(5):
+            X[i, c + 5 + j] = request[j]
+        X[i, c + 10] = math.log1p(_lookup_one(ago_keys, ago_seconds, item, never))
+        X[i, c + 11] = request[5]

@@ -51,6 +51,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from retrieval.arms import _kernels
 from retrieval.arms.base import (
     Arm, Context, EMPTY_CONTEXT, check_growth, check_n, check_query, empty_result, pool_rank_columns, pooled_list,
 )
@@ -72,17 +73,6 @@ _NEVER = 1e9  # seconds since a click that never happened (about 32 years)
 def feature_names(sub_arms: Sequence[str]) -> list[str]:
     """Column names of :func:`pool_features` for these sub-arm names."""
     return [f"{a}:{f}" for a in sub_arms for f in _PER_ARM] + list(_EXTRA)
-
-
-def _lookup(keys: np.ndarray, values: np.ndarray, ids: np.ndarray, fill: float = 0.0) -> np.ndarray:
-    """``values`` at ``ids`` for ascending ``keys`` (``fill`` where an id is not a key), float64 (m,)."""
-    out = np.full(ids.size, fill, dtype=np.float64)
-    if keys.size == 0 or ids.size == 0:
-        return out
-    j = np.minimum(np.searchsorted(keys, ids), keys.size - 1)
-    hit = keys[j] == ids
-    out[hit] = values[j[hit]]
-    return out
 
 
 def pool_features(query: str, context: Context, arms: Sequence[Arm], depth: int,
@@ -111,41 +101,42 @@ def pool_features(query: str, context: Context, arms: Sequence[Arm], depth: int,
     """
     if lists is None:
         lists = [arm.retrieve(query, context, depth) for arm in arms]
-    n_sub = len(arms)
     ids, cols = pool_rank_columns(lists, k)
-    m = ids.size
-    X = np.zeros((m, 3 * n_sub + len(_EXTRA)), dtype=np.float32)
-    if m == 0:
+    X = np.zeros((ids.size, 3 * len(arms) + len(_EXTRA)), dtype=np.float32)
+    if ids.size == 0:
         return ids, X
-    X[:, :3 * n_sub] = cols.reshape(m, 3 * n_sub)
-    n_lists = (cols[:, :, 0] > 0).sum(axis=1)
-    c = 3 * n_sub
+    # The sub-arms' lookups here, every row in one kernel (``_kernels.stack_pool_rows``): per-column
+    # NumPy calls on ~200 rows cost more than the work.
+    pop = np.zeros(0, dtype=np.float32)  # no popularity sub-arm: the column stays 0
+    mem = prev = user = ago = _NO_COUNTS
     query_clicks = user_items = 0.0
-    X[:, c + 10] = math.log1p(_NEVER)  # no history arm: no click of the user's is known
     for arm in arms:
         if arm.name == "popularity":
-            X[:, c] = np.log1p(arm.scores[ids].astype(np.float64))  # the pool's entries only
+            pop = np.asarray(arm.scores, dtype=np.float32)  # read at the pool's items only
         elif arm.name == "memory":
-            keys, counts = arm.observed(query, context)
-            X[:, c + 1] = np.log1p(_lookup(keys, counts, ids))
-            query_clicks = float(np.sum(counts))
+            mem = arm.observed(query, context)
+            query_clicks = float(np.sum(mem[1]))
             if context.previous_queries:
-                keys, counts = arm.observed(context.previous_queries[-1], context)
-                X[:, c + 3] = np.log1p(_lookup(keys, counts, ids))
+                prev = arm.observed(context.previous_queries[-1], context)
         elif arm.name == "history":
-            keys, counts = arm.user_items(context)
-            X[:, c + 2] = np.log1p(_lookup(keys, counts, ids))
-            user_items = float(keys.size)
-            keys, ago = arm.seconds_since_clicks(context)
-            X[:, c + 10] = np.log1p(_lookup(keys, ago, ids, fill=_NEVER))
-    X[:, c + 4] = n_lists
-    X[:, c + 5] = min(len(query.split()), 10)
-    X[:, c + 6] = math.log1p(len(query))
-    X[:, c + 7] = math.log1p(query_clicks)
-    X[:, c + 8] = math.log1p(user_items)
-    X[:, c + 9] = min(context.session_position, 10)
-    X[:, c + 11] = query in context.previous_queries
+            user = arm.user_items(context)
+            user_items = float(user[0].size)
+            ago = arm.seconds_since_clicks(context)
+    request = np.array([min(len(query.split()), 10), math.log1p(len(query)), math.log1p(query_clicks),
+                        math.log1p(user_items), min(context.session_position, 10),
+                        query in context.previous_queries], dtype=np.float64)
+    _kernels.stack_pool_rows(X, ids, cols, pop,
+                             *_as_counts(mem), *_as_counts(prev), *_as_counts(user), *_as_counts(ago),
+                             float(_NEVER), request)
     return ids, X
+
+
+_NO_COUNTS = (np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.float64))
+
+
+def _as_counts(pair: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """A sub-arm's (ids ascending, values) as the kernel's (int32, float64) arrays."""
+    return np.asarray(pair[0], dtype=np.int32), np.asarray(pair[1], dtype=np.float64)
 
 
 class StackedFusionArm(Arm):
