@@ -155,6 +155,19 @@ def bm25_top_n(term_ids, idf, k1, doc_norm, postings_ptr, postings_items, postin
 
 
 @njit(cache=True, nogil=True)
+def _accumulate(t, w, postings_ptr, postings_items, postings_data, scratch, touched, m):
+    """Add ``w * postings_data`` of term ``t`` into ``scratch`` (float32), listing first touches in
+    ``touched`` after its first ``m`` entries; returns the new count of touched items."""
+    for p in range(postings_ptr[t], postings_ptr[t + 1]):
+        d = postings_items[p]
+        # Branch-free "first touch" bookkeeping (as in bm25_top_n).
+        touched[m] = d
+        m += scratch[d] == 0.0
+        scratch[d] += max(w * postings_data[p], MIN_CONTRIBUTION)
+    return m
+
+
+@njit(cache=True, nogil=True)
 def dot_top_n(term_ids, term_weights, postings_ptr, postings_items, postings_data, scratch, touched, n):
     """Sparse dot products ``sum_t term_weights[j] * postings_data[p]`` of the query with every item
     sharing a term with it, then the top ``n`` (cosine similarity when both sides are L2-normalised).
@@ -174,12 +187,8 @@ def dot_top_n(term_ids, term_weights, postings_ptr, postings_items, postings_dat
     m = 0
     for j in range(term_ids.size):
         t = term_ids[j]
-        w = np.float32(term_weights[j])
-        for p in range(postings_ptr[t], postings_ptr[t + 1]):
-            d = postings_items[p]
-            touched[m] = d
-            m += scratch[d] == 0.0
-            scratch[d] += max(w * postings_data[p], MIN_CONTRIBUTION)
+        m = _accumulate(t, np.float32(term_weights[j]), postings_ptr, postings_items, postings_data, scratch,
+                        touched, m)
     return select_top_n(scratch, touched, m, n)
 
 
@@ -324,3 +333,94 @@ def stack_pool_rows(X, ids, cols, pop_scores, mem_keys, mem_counts, prev_keys, p
             X[i, c + 5 + j] = request[j]
         X[i, c + 10] = math.log1p(_lookup_one(ago_keys, ago_seconds, item, never))
         X[i, c + 11] = request[5]
+
+
+@njit(cache=True, nogil=True)
+def dot_top_n_dense_last(term_ids, term_weights, dense_row, dense, dense_max, postings_ptr, postings_items,
+                         postings_data, scratch, touched, n):
+    """:func:`dot_top_n` with the index's few very long postings ("dense" terms) added last, and
+    skipped when they cannot change the top ``n`` (an exact MaxScore-style bound, Turtle & Flood,
+    "Query evaluation: strategies and optimizations", IPM 1995).
+
+    Every item's score is the float32 sum of its contributions in this order: the query's sparse
+    terms by ascending id, then its dense terms by ascending id. After the sparse terms, the items
+    they touched get their dense contributions from ``dense`` (a row per dense term, 0 where the
+    item lacks the term) -- the same additions, in the same order, as scanning those postings. An
+    item no sparse term touched scores at most ``sum_j w_j * dense_max[j]``; when the ``n``-th best
+    touched item scores strictly more, no such item can enter the top ``n`` and the dense postings
+    are never scanned (tried only when those postings are longer than twice the touched items,
+    what the check costs). Otherwise the dense postings are scanned as usual. Either way the result
+    is that of the full accumulation in this order.
+
+    Parameters
+    ----------
+    term_ids : int64 (q,), distinct, ascending
+    term_weights : float64 (q,), > 0 (rounded to float32 before the products)
+    dense_row : int32 (n_terms,), the term's row of ``dense`` or -1 for a sparse term
+    dense : float32 (n_dense, n_items), ``postings_data`` of the dense terms laid out by item
+    dense_max : float32 (n_dense,), each dense row's largest value
+    postings_ptr, postings_items, postings_data, scratch, touched, n : as :func:`dot_top_n`
+
+    Returns
+    -------
+    ids : int32 (m,), scores : float32 (m,)
+    """
+    m = 0
+    n_dense_q = 0
+    for j in range(term_ids.size):
+        t = term_ids[j]
+        if dense_row[t] >= 0:
+            n_dense_q += 1
+            continue
+        m = _accumulate(t, np.float32(term_weights[j]), postings_ptr, postings_items, postings_data, scratch,
+                        touched, m)
+    if n_dense_q == 0:
+        return select_top_n(scratch, touched, m, n)
+    dense_cost = 0
+    for j in range(term_ids.size):
+        t = term_ids[j]
+        if dense_row[t] >= 0:
+            dense_cost += postings_ptr[t + 1] - postings_ptr[t]
+    # The check costs O(m) (touched items); try it only when scanning the dense postings costs more.
+    if m >= n and n > 0 and dense_cost > 2 * m:
+        # An item's dense contributions sum to at most ``bound`` (float64 with a relative margin for
+        # the float32 rounding of the products and sums).
+        bound = 0.0
+        for j in range(term_ids.size):
+            r = dense_row[term_ids[j]]
+            if r >= 0:
+                bound += np.float64(np.float32(term_weights[j]) * dense_max[r])
+        bound = bound * (1.0 + 1e-5) + n_dense_q * 1e-30  # each contribution is at least 1e-30
+        partial = np.empty(m, dtype=np.float32)
+        for i in range(m):
+            partial[i] = scratch[touched[i]]
+        # Contributions are > 0, so the n-th best final score is at least the n-th best partial one.
+        theta = np.float64(np.partition(partial, m - n)[m - n])
+        if theta > bound:
+            # No untouched item (score <= bound) can enter, nor a touched one with partial + bound
+            # below theta: finish the others exactly, in term order, and select among them.
+            kept = np.empty(m, dtype=np.int32)
+            k = 0
+            for i in range(m):
+                d = touched[i]
+                s = scratch[d]
+                if (np.float64(s) + bound) * (1.0 + 1e-5) < theta:
+                    scratch[d] = 0.0  # cannot reach the top n
+                    continue
+                for j in range(term_ids.size):
+                    r = dense_row[term_ids[j]]
+                    if r >= 0:
+                        v = dense[r, d]
+                        if v != 0.0:
+                            s += max(np.float32(term_weights[j]) * v, MIN_CONTRIBUTION)
+                scratch[d] = s
+                kept[k] = d
+                k += 1
+            return select_top_n(scratch, kept, k, n)
+    for j in range(term_ids.size):
+        t = term_ids[j]
+        if dense_row[t] < 0:
+            continue
+        m = _accumulate(t, np.float32(term_weights[j]), postings_ptr, postings_items, postings_data, scratch,
+                        touched, m)
+    return select_top_n(scratch, touched, m, n)

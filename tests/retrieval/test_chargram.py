@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
+from retrieval.arms import _kernels
 from retrieval.arms.base import Context
 from retrieval.arms.chargram import CharGramArm, CharGramConfig, char_wb_ngrams
 from retrieval.catalog import load_homedepot_catalog, load_judgments, split_by_query
@@ -73,11 +74,56 @@ def test_invalid_texts(texts, exc, message):
         CharGramArm.build(texts)
 
 
-def test_homedepot_recall_at_100(shared_data):
+@pytest.fixture(scope="module")
+def homedepot(shared_data):
     catalog = load_homedepot_catalog(shared_data / "homedepot" / "products.tsv.gz")
     _, test = split_by_query(load_judgments(shared_data / "homedepot" / "judgments.train.tsv.gz"), seed=0)
-    arm = CharGramArm.build(catalog.texts)
+    return catalog, test, CharGramArm.build(catalog.texts)
+
+
+def test_homedepot_recall_at_100(homedepot):
+    catalog, test, arm = homedepot
     recall = hd_recall(arm, catalog, test)
     print(f"\nHome Depot char-trigram recall@100 (test split, seed 0): {recall:.4f}")
     # measured 0.774
     assert 0.65 < recall < 0.9
+
+
+def _assert_dense_last_exact(arm, q, n):
+    """``arm.retrieve(q)`` equals ``dot_top_n`` over every posting, sparse terms first, bit for bit."""
+    ids, w = arm.query_vector(q)
+    dense = arm._dense_row[ids] >= 0
+    order = np.concatenate([np.flatnonzero(~dense), np.flatnonzero(dense)])
+    scratch, touched = np.zeros(arm.n_items, np.float32), np.zeros(arm.n_items, np.int32)
+    want = _kernels.dot_top_n(ids[order], w[order], arm.postings_ptr, arm.postings_items, arm.postings_data,
+                              scratch, touched, n)
+    got = arm.retrieve(q, Context(), n)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_dense_terms_last_equals_the_full_accumulation(homedepot):
+    """``retrieve`` skips the dense postings when they cannot change the top n: its lists equal a
+    plain accumulation of every posting in the same order (sparse terms, then dense terms), on real
+    Home Depot search terms, ids and float32 scores bit for bit."""
+    _, test, arm = homedepot
+    assert arm._dense.shape[0] >= 3  # " in", "in ", "er " ... hold >= 20% of the titles
+    queries = sorted({j.query for j in test})[:300] + ["in", "wood in", "x in er", "toilet"]
+    n_dense_queries = 0
+    for q in queries:
+        n_dense_queries += bool((arm._dense_row[arm.query_vector(q)[0]] >= 0).any())
+        for n in (1, 10, 100):
+            _assert_dense_last_exact(arm, q, n)
+    assert n_dense_queries > 100
+
+
+def test_dense_terms_cannot_be_skipped_when_an_untouched_item_may_win():
+    """Items holding only the dense term ("in", in 8 of 10 texts) outscore the one long text that
+    also has the rare term: the bound must send the kernel through the dense postings."""
+    texts = ["in", "in in", "in", "in x", "in", "in y", "in", "in z",
+             "pqr stuvw in abcdefghijklmnopqrstuvwxyz abcdefghijklmnopqrstuvwxyz", "nothing"]
+    arm = CharGramArm.build(texts)
+    assert arm._dense.shape[0] > 0
+    for q, n in [("in pqr", 1), ("in pqr", 3), ("in stuvw", 2), ("pqr", 1)]:
+        _assert_dense_last_exact(arm, q, n)
+    assert 8 not in arm.retrieve("in pqr", Context(), 1)[0].tolist()  # a short "in" text wins
