@@ -307,3 +307,39 @@ def check_postings(name: str, n_terms: int, n_items: int, ptr: np.ndarray, items
         raise ValueError(f"{name}: postings_ptr must be non-decreasing")
     if nnz and (int(items.min()) < 0 or int(items.max()) >= n_items):
         raise ValueError(f"{name}: postings_items must lie in [0, {n_items})")
+
+
+# Terms held by at least this fraction of the items are scored last, from a dense per-item row
+# (:func:`dense_terms`, ``_kernels.dot_top_n_dense_last``); at most this many (memory:
+# MAX_DENSE_TERMS * n_items * 4 bytes).
+DENSE_FRACTION = 0.4
+MAX_DENSE_TERMS = 16
+
+
+def dense_terms(postings_ptr: np.ndarray, postings_items: np.ndarray, postings_data: np.ndarray, n_items: int,
+                fraction: float = DENSE_FRACTION, max_terms: int = MAX_DENSE_TERMS):
+    """The index's very long postings laid out by item, for ``_kernels.dot_top_n_dense_last``.
+
+    A term is dense when at least ``fraction`` of the items hold it (at most ``max_terms`` terms,
+    the longest first): char trigrams `` co``, ``com``, ``om `` on AOL sites (68-71k of 95k items,
+    48% of the postings test queries scan), `` in``, ``in ``, ``er `` on Home Depot titles; the word
+    ``com`` for BM25 over AOL sites.
+
+    Returns
+    -------
+    dense_row : int32 (n_terms,), the term's row or -1
+    dense : float32 (n_dense, n_items), the term's ``postings_data`` at its items, 0 elsewhere
+        (``postings_data`` > 0)
+    dense_max : float32 (n_dense,), each row's largest value
+    """
+    lengths = np.diff(np.asarray(postings_ptr, dtype=np.int64))
+    candidates = np.flatnonzero(lengths >= max(1.0, fraction * n_items))
+    chosen = np.sort(candidates[np.argsort(-lengths[candidates], kind="stable")][:max_terms])
+    dense_row = np.full(lengths.size, -1, dtype=np.int32)
+    dense = np.zeros((chosen.size, n_items), dtype=np.float32)
+    for r, t in enumerate(chosen.tolist()):
+        dense_row[t] = r
+        a, b = int(postings_ptr[t]), int(postings_ptr[t + 1])
+        dense[r, postings_items[a:b]] = postings_data[a:b]
+    dense_max = dense.max(axis=1) if chosen.size else np.zeros(0, dtype=np.float32)
+    return dense_row, dense, dense_max

@@ -20,7 +20,11 @@ Index: CSC-like flat arrays (``postings_ptr`` int64, ``postings_items`` int32 as
 ``postings_tf`` float32) plus ``doc_len`` int32; the vocabulary is stored as UTF-8 ``vocab_flat`` +
 ``vocab_ptr`` (terms sorted, term id = rank) and turned into a dict at load. ``retrieve`` looks the
 query terms up in the dict, then one numba kernel accumulates the scores into a per-thread float32
-scratch array and selects the top ``n`` with a bounded heap.
+scratch array and selects the top ``n`` with a bounded heap. Each posting's term score (float64,
+rounded to float32) is computed once at load (:func:`bm25_impacts`); terms held by at least 40% of
+the items (``com`` on AOL sites) are added last and skipped when they cannot change the top ``n``
+(``_kernels.dot_top_n_dense_last``), so an item's score is the float32 sum of its term scores, rare
+terms by id first, then those.
 """
 from __future__ import annotations
 
@@ -42,6 +46,7 @@ from retrieval.arms.base import (
     check_n,
     check_postings,
     check_query,
+    dense_terms,
     empty_result,
 )
 
@@ -100,6 +105,17 @@ def bm25_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
     return np.log1p((n_docs - df + 0.5) / (df + 0.5))
 
 
+def bm25_impacts(idf: np.ndarray, k1: float, doc_norm: np.ndarray, postings_ptr: np.ndarray,
+                 postings_items: np.ndarray, postings_tf: np.ndarray) -> np.ndarray:
+    """Every posting's BM25 term score ``idf[t] * tf * (k1 + 1) / (tf + doc_norm[d])``, computed in
+    float64 and rounded to float32, at least ``_kernels.MIN_CONTRIBUTION`` (Robertson & Zaragoza
+    2009, eq. 3.15; module docstring). float32 of the postings' shape."""
+    term_of = np.repeat(np.arange(postings_ptr.size - 1), np.diff(postings_ptr))
+    tf = np.asarray(postings_tf, dtype=np.float64)
+    score = idf[term_of] * tf * (float(k1) + 1.0) / (tf + doc_norm[postings_items])
+    return np.maximum(score.astype(np.float32), _kernels.MIN_CONTRIBUTION)
+
+
 class BM25Arm(Arm):
     """BM25 over item texts; see the module docstring for the formula.
 
@@ -130,6 +146,10 @@ class BM25Arm(Arm):
         total = float(np.sum(doc_len, dtype=np.int64))
         self.avg_len = total / n_items if n_items and total > 0 else 1.0
         self.doc_norm = config.k1 * (1.0 - config.b + config.b * doc_len.astype(np.float64) / self.avg_len)
+        # Each posting's BM25 term score, computed once (3.6 MB on AOL sites): a query's score is
+        # then a plain sum of impacts, with the very long postings last (``dense_terms``).
+        self.impact = bm25_impacts(self.idf, config.k1, self.doc_norm, postings_ptr, postings_items, postings_tf)
+        self._dense_row, self._dense, self._dense_max = dense_terms(postings_ptr, postings_items, self.impact, n_items)
         self._scratch = ScratchPool(n_items)
 
     # ---- build / persistence -------------------------------------------------------------------
@@ -244,15 +264,17 @@ class BM25Arm(Arm):
         if term_ids.size == 0:
             return empty_result()
         scratch, touched = self._scratch.get()
-        return _kernels.bm25_top_n(term_ids, self.idf, self.config.k1, self.doc_norm, self.postings_ptr,
-                                   self.postings_items, self.postings_tf, scratch, touched, n)
+        return _kernels.dot_top_n_dense_last(term_ids, np.ones(term_ids.size), self._dense_row, self._dense,
+                                             self._dense_max, self.postings_ptr, self.postings_items, self.impact,
+                                             scratch, touched, n)
 
     def warmup(self) -> None:
         """Compile/load the kernel for the served arrays (one call with the first term, if any)."""
         scratch, touched = self._scratch.get()
-        term_ids = np.zeros(min(1, self.n_terms), dtype=np.int64)
-        _kernels.bm25_top_n(term_ids, self.idf, self.config.k1, self.doc_norm, self.postings_ptr,
-                            self.postings_items, self.postings_tf, scratch, touched, 10)
+        k = min(1, self.n_terms)
+        _kernels.dot_top_n_dense_last(np.zeros(k, dtype=np.int64), np.ones(k), self._dense_row, self._dense,
+                                      self._dense_max, self.postings_ptr, self.postings_items, self.impact,
+                                      scratch, touched, 10)
 
 
 def build_bm25_arm(texts: Sequence[str], config: BM25Config = BM25Config()) -> BM25Arm:

@@ -46,6 +46,7 @@ from retrieval.arms.base import (
     check_n,
     check_postings,
     check_query,
+    dense_terms,
     empty_result,
 )
 
@@ -117,12 +118,6 @@ def _wb_grams(words, ngram_min: int, ngram_max: int) -> list[str]:
 
 def _smooth_idf(df: np.ndarray, n_docs: int) -> np.ndarray:
     return np.log((1.0 + n_docs) / (1.0 + df.astype(np.float64))) + 1.0
-
-
-# Terms held by at least this fraction of the items are scored last, from a dense per-item row
-# (:func:`dense_terms`); at most this many (memory: MAX_DENSE_TERMS * n_items * 4 bytes).
-DENSE_FRACTION = 0.4
-MAX_DENSE_TERMS = 16
 
 
 class CharGramArm(Arm):
@@ -296,33 +291,6 @@ class CharGramArm(Arm):
         _kernels.dot_top_n_dense_last(np.zeros(k, dtype=np.int64), np.ones(k, dtype=np.float64), self._dense_row,
                                       self._dense, self._dense_max, self.postings_ptr, self.postings_items,
                                       self.postings_data, scratch, touched, 10)
-
-
-def dense_terms(postings_ptr: np.ndarray, postings_items: np.ndarray, postings_data: np.ndarray, n_items: int,
-                fraction: float = DENSE_FRACTION, max_terms: int = MAX_DENSE_TERMS):
-    """The index's very long postings laid out by item, for ``_kernels.dot_top_n_dense_last``.
-
-    A term is dense when at least ``fraction`` of the items hold it (at most ``max_terms`` terms,
-    the longest first): on AOL sites `` co``, ``com``, ``om `` (68-71k of 95k items) make 48% of
-    the postings a test query scans; on Home Depot titles `` in``, ``in `` (62%) and ``er `` (43%).
-
-    Returns
-    -------
-    dense_row : int32 (n_terms,), the term's row or -1
-    dense : float32 (n_dense, n_items), the term's ``postings_data`` at its items, 0 elsewhere
-    dense_max : float32 (n_dense,), each row's largest value
-    """
-    lengths = np.diff(np.asarray(postings_ptr, dtype=np.int64))
-    candidates = np.flatnonzero(lengths >= max(1.0, fraction * n_items))
-    chosen = np.sort(candidates[np.argsort(-lengths[candidates], kind="stable")][:max_terms])
-    dense_row = np.full(lengths.size, -1, dtype=np.int32)
-    dense = np.zeros((chosen.size, n_items), dtype=np.float32)
-    for r, t in enumerate(chosen.tolist()):
-        dense_row[t] = r
-        a, b = int(postings_ptr[t]), int(postings_ptr[t + 1])
-        dense[r, postings_items[a:b]] = postings_data[a:b]
-    dense_max = dense.max(axis=1) if chosen.size else np.zeros(0, dtype=np.float32)
-    return dense_row, dense, dense_max
 
 
 def build_chargram_arm(texts: Sequence[str], config: CharGramConfig = CharGramConfig()) -> CharGramArm:

@@ -10,7 +10,7 @@ import pytest
 from retrieval.arms.bm25 import BM25Arm, BM25Config, bm25_idf
 from retrieval.arms.base import Context
 from retrieval.catalog import load_homedepot_catalog, load_judgments, split_by_query
-from tests.retrieval.arm_contract import ArmContract
+from tests.retrieval.arm_contract import ArmContract, assert_dense_last_exact
 
 THREE_DOCS = ["the quick brown fox", "the lazy dog", "quick quick dog jumps over the fox"]
 
@@ -164,14 +164,40 @@ def hd_recall(arm, catalog, judgments, n: int = 100) -> float:
     return hit / total
 
 
-def test_homedepot_recall_at_100(shared_data):
+@pytest.fixture(scope="module")
+def homedepot(shared_data):
     catalog = load_homedepot_catalog(shared_data / "homedepot" / "products.tsv.gz")
     _, test = split_by_query(load_judgments(shared_data / "homedepot" / "judgments.train.tsv.gz"), seed=0)
-    arm = BM25Arm.build(catalog.texts)
+    return catalog, test, BM25Arm.build(catalog.texts)
+
+
+def test_homedepot_recall_at_100(homedepot):
+    catalog, test, arm = homedepot
     recall = hd_recall(arm, catalog, test)
     print(f"\nHome Depot BM25 recall@100 (test split, seed 0): {recall:.4f}")
     # measured 0.691 with whitespace tokens of qp2q-normalised titles, no stemming
     assert 0.6 < recall < 0.85
+
+
+def test_impacts_and_dense_last_scores_on_homedepot(homedepot):
+    """Each posting's impact is the BM25 term score rounded to float32; ``retrieve`` sums them with
+    the dense terms ("in": >= 40% of the titles) last, skipping them when they cannot change the top
+    n, and equals the full accumulation in that order bit for bit on real search terms."""
+    _, test, arm = homedepot
+    t = 7  # any term: its postings' impacts by the formula
+    a, b = int(arm.postings_ptr[t]), int(arm.postings_ptr[t + 1])
+    tf = arm.postings_tf[a:b].astype(np.float64)
+    want = (arm.idf[t] * tf * (arm.config.k1 + 1.0) / (tf + arm.doc_norm[arm.postings_items[a:b]])).astype(np.float32)
+    np.testing.assert_array_equal(arm.impact[a:b], want)
+    assert arm._dense.shape[0] >= 1
+    queries = sorted({j.query for j in test})[:300] + ["in", "1 in pvc", "x in"]
+    with_dense = 0
+    for q in queries:
+        term_ids = arm.term_ids(q)
+        with_dense += bool((arm._dense_row[term_ids] >= 0).any())
+        for n in (1, 10, 100):
+            assert_dense_last_exact(arm, q, n, term_ids, np.ones(term_ids.size), arm.impact)
+    assert with_dense > 20
 
 
 def test_product_analyzer_scores_equal_formula_on_analysed_terms():

@@ -5,11 +5,10 @@ import numpy as np
 import pytest
 from sklearn.feature_extraction.text import TfidfVectorizer
 
-from retrieval.arms import _kernels
 from retrieval.arms.base import Context
 from retrieval.arms.chargram import CharGramArm, CharGramConfig, char_wb_ngrams
 from retrieval.catalog import load_homedepot_catalog, load_judgments, split_by_query
-from tests.retrieval.arm_contract import ArmContract
+from tests.retrieval.arm_contract import ArmContract, assert_dense_last_exact
 from tests.retrieval.test_bm25 import hd_recall
 
 CORPUS = ["toilet tank lid", "glacier bay toilet", "angle bracket", "l bracket 12 gauge", "deck paint",
@@ -90,16 +89,8 @@ def test_homedepot_recall_at_100(homedepot):
 
 
 def _assert_dense_last_exact(arm, q, n):
-    """``arm.retrieve(q)`` equals ``dot_top_n`` over every posting, sparse terms first, bit for bit."""
     ids, w = arm.query_vector(q)
-    dense = arm._dense_row[ids] >= 0
-    order = np.concatenate([np.flatnonzero(~dense), np.flatnonzero(dense)])
-    scratch, touched = np.zeros(arm.n_items, np.float32), np.zeros(arm.n_items, np.int32)
-    want = _kernels.dot_top_n(ids[order], w[order], arm.postings_ptr, arm.postings_items, arm.postings_data,
-                              scratch, touched, n)
-    got = arm.retrieve(q, Context(), n)
-    np.testing.assert_array_equal(got[0], want[0])
-    np.testing.assert_array_equal(got[1], want[1])
+    assert_dense_last_exact(arm, q, n, ids, w, arm.postings_data)
 
 
 def test_dense_terms_last_equals_the_full_accumulation(homedepot):
