@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from retrieval import _policy_kernels as _k
-from retrieval.arms.base import Context
+from retrieval.arms.base import Context, offsets
 from retrieval.policy import allocation_menu
 
 CONTEXT_FEATURES = ("bias", "log_query_chars", "n_words", "is_single_word", "has_digit", "looks_like_url",
@@ -318,8 +318,7 @@ class Pipeline:
         out = np.zeros((len(ids), len(retrieval.arm_ids)), dtype=bool)
         if isinstance(ids, np.ndarray):  # catalogue items: one kernel over the concatenated heads
             heads = [np.asarray(aids[:n], dtype=np.int32) for aids, n in zip(retrieval.arm_ids, depths)]
-            ptr = np.zeros(len(heads) + 1, dtype=np.int64)
-            np.cumsum([h.size for h in heads], out=ptr[1:])
+            ptr = offsets([h.size for h in heads])
             if ptr[-1]:
                 _k.proposed(np.asarray(ids, dtype=np.int32), np.concatenate(heads), ptr, out)
             return out

@@ -44,6 +44,7 @@ import numpy as np
 from qac.artifacts import arrays_to_strings, strings_to_arrays
 from retrieval import _ranker_kernels as K
 from retrieval.analyzer import ANALYZERS, get_analyzer
+from retrieval.arms.base import offsets
 from retrieval.arms.bm25 import bm25_idf
 
 __all__ = [
@@ -303,11 +304,9 @@ def arm_score_matrix(arm_ids: Sequence[np.ndarray], arm_scores: Sequence[np.ndar
     # where per-arm NumPy calls cost more than the work). Arms list an item at most once, so each
     # (row, arm) cell is written at most once.
     heads = [np.asarray(ids[:top], dtype=np.int64) for ids in arm_ids]
-    ptr = np.zeros(n_arms + 1, dtype=np.int64)
-    np.cumsum([h.size for h in heads], out=ptr[1:])
     values = np.concatenate([np.asarray(sc[:top], dtype=np.float32) for sc in arm_scores])
     out = np.zeros((keys.size, n_arms), dtype=np.float32)
-    K.arm_score_matrix(keys, np.concatenate(heads), values, ptr, out)
+    K.arm_score_matrix(keys, np.concatenate(heads), values, offsets([h.size for h in heads]), out)
     return out
 
 

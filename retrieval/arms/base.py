@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import abc
 import threading
+from itertools import accumulate
 from dataclasses import dataclass
 from typing import Mapping, Protocol, Sequence, runtime_checkable
 
@@ -25,7 +26,7 @@ import numpy as np
 from retrieval.arms import _kernels
 
 __all__ = ["Context", "Arm", "OnlineArm", "check_n", "check_growth", "empty_result", "pooled_list",
-           "pool_rank_columns", "EMPTY_CONTEXT"]
+           "pool_rank_columns", "offsets", "EMPTY_CONTEXT"]
 
 _EMPTY_IDS = np.zeros(0, dtype=np.int32)
 _EMPTY_SCORES = np.zeros(0, dtype=np.float32)
@@ -160,9 +161,14 @@ def pool_rank_columns(lists: Sequence[tuple[np.ndarray, np.ndarray]], k: float) 
         return np.zeros(0, np.int32), np.zeros((0, len(lists), 3), dtype=np.float64)
     allids = np.concatenate([np.asarray(ids, dtype=np.int32) for ids, _ in lists])
     allscores = np.concatenate([np.asarray(sc, dtype=np.float64) for _, sc in lists])
-    ptr = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=ptr[1:])
-    return _kernels.pool_rank_columns(allids, allscores, np.log1p(np.maximum(allscores, 0.0)), ptr, float(k))
+    return _kernels.pool_rank_columns(allids, allscores, np.log1p(np.maximum(allscores, 0.0)), offsets(sizes),
+                                      float(k))
+
+
+def offsets(sizes: Sequence[int]) -> np.ndarray:
+    """Where each of several concatenated lists starts: ``[0, s0, s0 + s1, ...]``, int64
+    (len(sizes) + 1,). Plain Python: ``np.cumsum`` of a short list costs more than the sum."""
+    return np.fromiter(accumulate(sizes, initial=0), dtype=np.int64, count=len(sizes) + 1)
 
 
 class Arm(abc.ABC):
