@@ -409,6 +409,138 @@ def test_concurrent_threads_get_the_same_answers():
 
 
 # ---------------------------------------------------------------------------------------------
+# Chunked leaf level: bit for bit the column path (the model without chunks is the slow twin)
+# ---------------------------------------------------------------------------------------------
+
+
+def without_chunks(model):
+    params, arrays = model.to_arrays()
+    twin = XLinearModel.from_arrays(params, arrays, leaf_chunks=False)
+    assert twin.C_ptr.size == 1 and model.C_ptr.size > 1
+    return twin
+
+
+def assert_bitwise(got, ref):
+    assert got[0].dtype == ref[0].dtype and got[1].dtype == ref[1].dtype
+    np.testing.assert_array_equal(got[0], ref[0])
+    np.testing.assert_array_equal(got[1].view(np.uint32), ref[1].view(np.uint32))
+
+
+def tie_model(rng, **kw):
+    """A random model whose weights are multiples of 0.5 and whose clusters repeat columns."""
+    model = random_model(rng, **kw)
+    params, arrays = model.to_arrays()
+    W = sp.csc_matrix((arrays["W_data"], arrays["W_indices"], arrays["W_indptr"]),
+                      shape=(model.n_features + 1, int(model.node_ptr[-1]))).toarray()
+    W = np.round(W * 2) / 2
+    leaf0 = int(model.node_ptr[model.depth])
+    for g in range(int(model.node_ptr[model.depth - 1]), leaf0):
+        c0, c1 = int(model.child_ptr[g]), int(model.child_ptr[g + 1])
+        if c1 - c0 > 2:
+            W[:, c0 + 1] = W[:, c0]
+    W = sp.csc_matrix(W.astype(np.float32))
+    W.sort_indices()
+    arrays = dict(arrays, W_indptr=W.indptr.astype(np.int64), W_indices=W.indices.astype(np.int32),
+                  W_data=W.data.astype(np.float32))
+    return XLinearModel.from_arrays(params, arrays)
+
+
+def chunk_queries(rng, n_features):
+    nnz = [0, 1, 3, n_features // 4, n_features]
+    qs = [random_query(rng, n_features, min(k, n_features)) for k in nnz]
+    xi, xd = random_query(rng, n_features, min(6, n_features))
+    qs.append((xi[::-1].copy(), xd[::-1].copy()))                      # unsorted: column path
+    qs.append((np.repeat(xi, 2), np.repeat(xd, 2) / 2))                 # repeated ids: column path
+    qs.append((xi, np.round(xd * 4).astype(np.float32) / 4))            # ties in the query too
+    return qs
+
+
+@pytest.mark.parametrize("feature_major", [0, 1 << 30], ids=["column-only", "feature-major"])
+@pytest.mark.parametrize("seed", range(10))
+def test_leaf_chunks_equal_column_path_bit_for_bit(seed, feature_major, monkeypatch):
+    monkeypatch.setattr(model_module, "FEATURE_MAJOR_MAX_NODES", feature_major)
+    rng = np.random.default_rng(100 + seed)
+    shape = dict(depth=int(rng.integers(1, 5)), n_features=int(rng.choice([5, 40, 300])),
+                 density=float(rng.choice([0.0, 0.05, 0.3, 0.9])), max_fanout=int(rng.integers(2, 12)),
+                 bias=float(rng.choice([0.0, 1.0])), p_single=float(rng.choice([0.0, 0.3])))
+    make = tie_model if seed % 2 else random_model
+    model = make(rng, **shape)
+    twin = without_chunks(model)
+    for xi, xd in chunk_queries(rng, model.n_features):
+        for beam in (1, 2, 5, 20):
+            for topk in (1, 3, 10, model.n_labels):
+                for rng_ in (None, (0, model.n_labels), (model.n_labels // 3, model.n_labels // 2 + 1)):
+                    for post in ("l3-hinge", "sigmoid"):
+                        kw = dict(beam_size=beam, topk=topk, post_processor=post, label_range=rng_)
+                        assert_bitwise(model.predict_one(xi, xd, **kw), twin.predict_one(xi, xd, **kw))
+    X = sp.random(25, model.n_features, density=0.2, format="csr", random_state=seed,
+                  dtype=np.float32)
+    for beam, topk in ((3, 7), (10, 100)):
+        a = model.predict_batch(X, beam_size=beam, topk=topk)
+        b = twin.predict_batch(X, beam_size=beam, topk=topk)
+        assert_bitwise(a, b)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_chunk_scores_equal_column_dot_per_cluster(seed):
+    """Kernel twin: every leaf cluster's chunk scores equal _column_dot's bits, both the merge and
+    the binary-search intersection (few query features against long chunks) exercised."""
+    rng = np.random.default_rng(200 + seed)
+    model = random_model(rng, depth=2, n_features=800, density=float(rng.choice([0.02, 0.5])),
+                         max_fanout=9, p_single=0.0)
+    nf = model.n_features
+    p0, p1 = int(model.node_ptr[model.depth - 1]), int(model.node_ptr[model.depth])
+    acc = np.zeros(model._acc_size)
+    scratch = np.zeros(nf + 1, np.float32)
+    scratch[nf] = model.bias
+    for nnz in (1, 2, 8, 100, 800):
+        xi, xd = random_query(rng, nf, nnz)
+        scratch[xi] = xd
+        for g in range(p0, p1):
+            c0, c1 = int(model.child_ptr[g]), int(model.child_ptr[g + 1])
+            _kernels._chunk_scores(g - p0, model.C_ptr, model.C_feat, model.C_row_ptr,
+                                   model.C_label, model.C_data, xi, xd, nf,
+                                   np.float64(scratch[nf]), acc)
+            ref = [_kernels._column_dot(c, model.W_indptr, model.W_indices, model.W_data, scratch,
+                                        xi, xd, True) for c in range(c0, c1)]
+            np.testing.assert_array_equal(acc[: c1 - c0].view(np.uint64),
+                                          np.array(ref).view(np.uint64))
+            acc[:] = 0.0
+        scratch[xi] = 0.0
+
+
+def test_leaf_chunks_hold_exactly_the_last_level_weights():
+    rng = np.random.default_rng(300)
+    model = random_model(rng, depth=3, n_features=50, max_fanout=6)
+    p0, p1 = int(model.node_ptr[model.depth - 1]), int(model.node_ptr[model.depth])
+    leaf0 = int(model.node_ptr[model.depth])
+    W = model.weights(model.depth).toarray()
+    got = np.zeros_like(W)
+    for k in range(p1 - p0):
+        rows = range(model.C_ptr[k], model.C_ptr[k + 1])
+        feats = model.C_feat[model.C_ptr[k]:model.C_ptr[k + 1]]
+        assert np.all(np.diff(feats) > 0), "rows sorted by feature within a cluster"
+        c0 = int(model.child_ptr[p0 + k]) - leaf0
+        for r in rows:
+            for q in range(model.C_row_ptr[r], model.C_row_ptr[r + 1]):
+                got[model.C_feat[r], c0 + model.C_label[q]] += model.C_data[q]
+    np.testing.assert_array_equal(got, W)
+    assert model.C_label.dtype == np.int16 and model.C_row_ptr.dtype == np.int32
+    assert model.chunk_nbytes == sum(a.nbytes for a in (model.C_ptr, model.C_feat, model.C_row_ptr,
+                                                        model.C_label, model.C_data))
+
+
+def test_non_finite_leaf_weights_keep_the_column_path():
+    rng = np.random.default_rng(310)
+    model = random_model(rng, depth=2, n_features=30, density=0.5, p_single=0.0)
+    params, arrays = model.to_arrays()
+    W_data = arrays["W_data"].copy()
+    W_data[-1] = np.nan
+    nan_model = XLinearModel.from_arrays(params, dict(arrays, W_data=W_data))
+    assert nan_model.C_ptr.size == 1, "a NaN weight times a 0.0 query value is NaN on the column path"
+
+
+# ---------------------------------------------------------------------------------------------
 # Persistence: read-only memory maps in, identical answers out
 # ---------------------------------------------------------------------------------------------
 

@@ -13,6 +13,14 @@ Tree layout used by the inference kernels (all "global" node ids, levels concate
   float32: CSC over rows ``0..n_features`` (row ``n_features`` = bias) and global node columns.
 - ``span_lo`` / ``span_hi`` int64 (n_nodes_total,): label-node range of every node;
   ``sorted_labels`` int32 (depth + 1, n_labels): label ids under each node, sorted, at that range.
+- Leaf chunks (Etter et al., "Accelerating Inference for Sparse Extreme Multi-Label Ranking Trees",
+  WWW 2022, the chunked matrices of PECOS): the last level's weights, one chunk per leaf cluster
+  (a node of level ``depth - 1``; cluster ``k`` is global node ``node_ptr[depth - 1] + k``) stored
+  feature-major. ``C_ptr`` int64 (n_clusters + 1,): rows ``C_ptr[k]:C_ptr[k+1]`` of cluster ``k``;
+  ``C_feat`` int32 (n_rows,): each row's feature, ascending within a cluster, the bias
+  (``n_features``) last; ``C_row_ptr`` int32 or int64 (n_rows + 1,): the row's entries;
+  ``C_label`` int16 or int32: child index within the cluster; ``C_data`` float32. A model without
+  chunks passes ``C_ptr`` of size 1.
 """
 from __future__ import annotations
 
@@ -346,6 +354,53 @@ def train_jobs(
 
 
 @njit(cache=True, nogil=True)
+def build_leaf_chunks(W_indptr, W_indices, W_data, child_ptr, p0, p1, n_feat, C_label, C_data):
+    """Chunk of every leaf cluster ``p0..p1-1`` (global parent nodes of the labels), load time.
+
+    Fills ``C_label`` / ``C_data`` (size: the clusters' weights) and returns ``(C_ptr int64,
+    C_feat int32, C_row_ptr int64)`` (layout in the module docstring). Within a row, entries
+    follow the children's order, and a child's repeated feature (if any) keeps its column order.
+    """
+    n_cl = p1 - p0
+    C_ptr = np.zeros(n_cl + 1, dtype=np.int64)
+    base = W_indptr[child_ptr[p0]]
+    nnz = W_indptr[child_ptr[p1]] - base
+    feat = np.empty(nnz, dtype=np.int32)
+    row_ptr = np.empty(nnz + 1, dtype=np.int64)
+    cnt = np.zeros(n_feat + 1, dtype=np.int64)
+    n_rows = 0
+    out = 0
+    for k in range(n_cl):
+        c0 = child_ptr[p0 + k]
+        c1 = child_ptr[p0 + k + 1]
+        r_start = n_rows
+        for p in range(W_indptr[c0], W_indptr[c1]):
+            f = W_indices[p]
+            if cnt[f] == 0:
+                feat[n_rows] = f
+                n_rows += 1
+            cnt[f] += 1
+        feat[r_start:n_rows].sort()
+        for r in range(r_start, n_rows):
+            f = feat[r]
+            row_ptr[r] = out
+            m = cnt[f]
+            cnt[f] = out
+            out += m
+        for c in range(c0, c1):
+            for p in range(W_indptr[c], W_indptr[c + 1]):
+                q = cnt[W_indices[p]]
+                C_label[q] = c - c0
+                C_data[q] = W_data[p]
+                cnt[W_indices[p]] = q + 1
+        for r in range(r_start, n_rows):
+            cnt[feat[r]] = 0
+        C_ptr[k + 1] = n_rows
+    row_ptr[n_rows] = out
+    return C_ptr, feat[:n_rows].copy(), row_ptr[: n_rows + 1].copy()
+
+
+@njit(cache=True, nogil=True)
 def _post(s, post_code):
     if post_code == POST_SIGMOID:
         return 1.0 / (1.0 + np.exp(-s))
@@ -401,6 +456,82 @@ def _column_dot(c, W_indptr, W_indices, W_data, scratch, x_indices, x_data, x_so
         for p in range(a, b):
             acc += np.float64(W_data[p]) * np.float64(scratch[W_indices[p]])
     return acc
+
+
+@njit(cache=True, nogil=True)
+def _log2_ceil(n):
+    b = 0
+    while (1 << b) < n:
+        b += 1
+    return b
+
+
+@njit(cache=True, nogil=True)
+def _chunk_row_add(r, C_row_ptr, C_label, C_data, v, zacc):
+    for p in range(C_row_ptr[r], C_row_ptr[r + 1]):
+        zacc[C_label[p]] += np.float64(C_data[p]) * v
+
+
+@njit(cache=True, nogil=True)
+def _chunk_scores(
+    k, C_ptr, C_feat, C_row_ptr, C_label, C_data, x_indices, x_data, n_feat, bias, zacc
+):
+    """``zacc[i] += w_i . [x, bias]`` for every child ``i`` of leaf cluster ``k`` (``zacc`` zeroed).
+
+    ``x_indices`` must be strictly increasing. Rows are visited in ascending feature order, the
+    bias last, so each child's float64 sum adds its nonzero products in the order of
+    :func:`_column_dot` (which adds only zero products besides these) and is equal bit for bit.
+    The query is intersected with the chunk's rows by a merge or by binary searches, whichever
+    the sizes say is cheaper.
+    """
+    r0 = C_ptr[k]
+    r1 = C_ptr[k + 1]
+    if r1 == r0:
+        return
+    rb = r1  # end of the feature rows; the bias row, if any, is r1 - 1
+    if C_feat[r1 - 1] == n_feat:
+        rb = r1 - 1
+    nx = x_indices.size
+    n_rows = rb - r0
+    if nx > 0 and n_rows > 0:
+        if nx + n_rows <= nx * _log2_ceil(n_rows + 1):
+            r = r0
+            j = 0
+            f = x_indices[0]
+            while r < rb:
+                g = C_feat[r]
+                if g < f:
+                    r += 1
+                elif g > f:
+                    j += 1
+                    if j == nx:
+                        break
+                    f = x_indices[j]
+                else:
+                    _chunk_row_add(r, C_row_ptr, C_label, C_data, np.float64(x_data[j]), zacc)
+                    r += 1
+                    j += 1
+                    if j == nx:
+                        break
+                    f = x_indices[j]
+        else:
+            lo = r0
+            for j in range(nx):
+                f = x_indices[j]
+                hi = rb
+                while lo < hi:
+                    mid = (lo + hi) >> 1
+                    if C_feat[mid] < f:
+                        lo = mid + 1
+                    else:
+                        hi = mid
+                if lo == rb:
+                    break
+                if C_feat[lo] == f:
+                    _chunk_row_add(lo, C_row_ptr, C_label, C_data, np.float64(x_data[j]), zacc)
+                    lo += 1
+    if rb < r1:
+        _chunk_row_add(rb, C_row_ptr, C_label, C_data, bias, zacc)
 
 
 @njit(cache=True, nogil=True)
@@ -484,6 +615,11 @@ def _beam_search_core(
     F_nodes,
     F_data,
     acc,
+    C_ptr,
+    C_feat,
+    C_row_ptr,
+    C_label,
+    C_data,
     beam_size,
     topk,
     post_code,
@@ -508,6 +644,11 @@ def _beam_search_core(
     non-empty), accumulate ``w.x`` for every node of the level over the query's rows (CSR) into
     ``acc``; the top levels are dense and few, so the second is much cheaper there. ``bias_w``
     is every node's bias weight (the feature-major copy has no bias row).
+
+    At the last level, a cluster with a chunk (``C_ptr.size > 1``) is scored, for a query with
+    strictly increasing features, from its chunk into ``acc[0:fan]`` when intersecting the query
+    with the chunk's rows costs less than gathering its (in-range) columns; the scores are the
+    same bits either way (:func:`_chunk_scores`), and the cut-offs below decide exactly as before.
     """
     n_feat = scratch.size - 1
     nx = x_indices.size
@@ -519,10 +660,14 @@ def _beam_search_core(
             return ERR_FEATURE_INDEX
         scratch[f] += x_data[j]
     x_sorted = True
+    x_strict = True
     for j in range(1, nx):
-        if x_indices[j] < x_indices[j - 1]:
-            x_sorted = False
-            break
+        if x_indices[j] <= x_indices[j - 1]:
+            x_strict = False
+            if x_indices[j] < x_indices[j - 1]:
+                x_sorted = False
+                break
+    n_chunks = C_ptr.size - 1
     depth = node_ptr.size - 2
     leaf0 = node_ptr[depth]
     nb = 1
@@ -563,6 +708,25 @@ def _beam_search_core(
             c1 = child_ptr[g + 1]
             z_min = -np.inf
             have_z_min = False
+            use_chunk = False
+            chunk_done = False
+            k = 0
+            if last and n_chunks > 0 and x_strict and not feature_major and c1 - c0 > 1:
+                k = g - node_ptr[lev]
+                n_rows = C_ptr[k + 1] - C_ptr[k]
+                cost_chunk = nx + n_rows
+                log_rows = _log2_ceil(n_rows + 1)
+                if nx * log_rows < cost_chunk:
+                    cost_chunk = nx * log_rows
+                if use_range:
+                    cost_gather = 0
+                    for c in range(c0, c1):
+                        lab = np.int64(label_perm[c - leaf0])
+                        if lab >= range_lo and lab < range_hi:
+                            cost_gather += W_indptr[c + 1] - W_indptr[c]
+                else:
+                    cost_gather = W_indptr[c1] - W_indptr[c0]
+                use_chunk = cost_chunk < cost_gather
             for c in range(c0, c1):
                 if last:
                     key = np.int64(label_perm[c - leaf0])
@@ -588,6 +752,14 @@ def _beam_search_core(
                             have_z_min = True
                     if feature_major:
                         z = acc[c - lev0] + np.float64(bias_w[c]) * bias
+                    elif use_chunk:
+                        if not chunk_done:
+                            _chunk_scores(
+                                k, C_ptr, C_feat, C_row_ptr, C_label, C_data, x_indices, x_data,
+                                n_feat, bias, acc,
+                            )
+                            chunk_done = True
+                        z = acc[c - c0]
                     else:
                         z = _column_dot(
                             c, W_indptr, W_indices, W_data, scratch, x_indices, x_data, x_sorted
@@ -596,6 +768,9 @@ def _beam_search_core(
                         continue  # cannot beat the worst kept score; skips exp() and the heap
                     s = ps * np.float32(_post(z, post_code))
                 size = _heap_offer(h_score, h_key, h_node, size, cap, s, key, c)
+            if chunk_done:
+                for i in range(c1 - c0):
+                    acc[i] = 0.0
         if feature_major:
             for j in range(nx):
                 f = x_indices[j]
@@ -652,6 +827,11 @@ def beam_search(
     F_nodes,
     F_data,
     acc,
+    C_ptr,
+    C_feat,
+    C_row_ptr,
+    C_label,
+    C_data,
     beam_size,
     topk,
     post_code,
@@ -689,6 +869,11 @@ def beam_search(
         F_nodes,
         F_data,
         acc,
+        C_ptr,
+        C_feat,
+        C_row_ptr,
+        C_label,
+        C_data,
         beam_size,
         topk,
         post_code,
@@ -730,6 +915,11 @@ def beam_search_rows(
     F_nodes,
     F_data,
     acc,
+    C_ptr,
+    C_feat,
+    C_row_ptr,
+    C_label,
+    C_data,
     beam_size,
     topk,
     post_code,
@@ -767,6 +957,11 @@ def beam_search_rows(
             F_nodes,
             F_data,
             acc,
+            C_ptr,
+            C_feat,
+            C_row_ptr,
+            C_label,
+            C_data,
             beam_size,
             topk,
             post_code,

@@ -194,7 +194,7 @@ class XLinearModel:
         Value of the constant bias feature.
     """
 
-    def __init__(self, params: dict, arrays: Mapping[str, np.ndarray]):
+    def __init__(self, params: dict, arrays: Mapping[str, np.ndarray], *, leaf_chunks: bool = True):
         self.params = dict(params)
         self.n_features = int(params["n_features"])
         self.n_labels = int(params["n_labels"])
@@ -214,6 +214,7 @@ class XLinearModel:
         self.n_nodes = np.diff(self.node_ptr).tolist()
         self.span_lo, self.span_hi = _global_spans(self.node_ptr, self.child_ptr, self.n_labels)
         self._build_feature_major()
+        self._build_leaf_chunks(leaf_chunks)
         self._tls = threading.local()
 
     def _build_feature_major(self) -> None:
@@ -249,6 +250,41 @@ class XLinearModel:
         self.F_nodes = np.concatenate(nodes) if nodes else np.zeros(0, np.int32)
         self.F_data = np.concatenate(data) if data else np.zeros(0, np.float32)
         self._acc_size = acc_size
+
+    def _build_leaf_chunks(self, enabled: bool) -> None:
+        """Derive the chunked (feature-major per leaf cluster) copy of the last level's weights.
+
+        Etter et al., "Accelerating Inference for Sparse Extreme Multi-Label Ranking Trees", WWW
+        2022 (PECOS's chunked matrices): beam search scores a leaf cluster by intersecting the
+        query's features with the cluster's, instead of gathering every weight of every label.
+        Layout in ``_kernels``' module docstring; ``chunk_nbytes`` is its size. Not built (every
+        leaf scored from its column, the exact twin) when ``enabled`` is false or a last-level
+        weight is not finite (a gather multiplies such a weight by 0.0 and gets NaN).
+        """
+        p0, p1 = int(self.node_ptr[self.depth - 1]), int(self.node_ptr[self.depth])
+        fan = np.diff(self.child_ptr[p0 : p1 + 1])
+        max_fan = int(fan.max())
+        label_dtype = np.int16 if max_fan <= np.iinfo(np.int16).max else np.int32
+        a, b = int(self.W_indptr[self.child_ptr[p0]]), int(self.W_indptr[-1])
+        if enabled and np.isfinite(self.W_data[a:b]).all():
+            C_label = np.empty(b - a, dtype=label_dtype)
+            C_data = np.empty(b - a, dtype=np.float32)
+            C_ptr, C_feat, C_row_ptr = _kernels.build_leaf_chunks(
+                self.W_indptr, self.W_indices, self.W_data, self.child_ptr, p0, p1,
+                self.n_features, C_label, C_data,
+            )
+            if b - a <= np.iinfo(np.int32).max:
+                C_row_ptr = C_row_ptr.astype(np.int32)
+            self._acc_size = max(self._acc_size, max_fan)
+        else:
+            C_ptr = np.zeros(1, dtype=np.int64)
+            C_feat = np.zeros(0, dtype=np.int32)
+            C_row_ptr = np.zeros(1, dtype=np.int32)
+            C_label = np.zeros(0, dtype=label_dtype)
+            C_data = np.zeros(0, dtype=np.float32)
+        self.C_ptr, self.C_feat, self.C_row_ptr = C_ptr, C_feat, C_row_ptr
+        self.C_label, self.C_data = C_label, C_data
+        self.chunk_nbytes = sum(v.nbytes for v in (C_ptr, C_feat, C_row_ptr, C_label, C_data))
 
     # -- construction ---------------------------------------------------------------------
 
@@ -474,8 +510,12 @@ class XLinearModel:
         return dict(self.params), {k: getattr(self, k) for k in _ARRAY_KEYS}
 
     @classmethod
-    def from_arrays(cls, params: dict, arrays: Mapping[str, np.ndarray]) -> "XLinearModel":
+    def from_arrays(cls, params: dict, arrays: Mapping[str, np.ndarray], *,
+                    leaf_chunks: bool = True) -> "XLinearModel":
         """Rebuild from :meth:`to_arrays` output; arrays may be read-only memory maps.
+
+        ``leaf_chunks=False`` skips the chunked copy of the last level (see
+        :meth:`_build_leaf_chunks`): same answers, slower, the exact twin of the chunked path.
 
         Raises
         ------
@@ -487,7 +527,7 @@ class XLinearModel:
         missing = [k for k in _ARRAY_KEYS if k not in arrays]
         if missing:
             raise ValueError(f"arrays missing {missing}")
-        return cls(params, {k: arrays[k] for k in _ARRAY_KEYS})
+        return cls(params, {k: arrays[k] for k in _ARRAY_KEYS}, leaf_chunks=leaf_chunks)
 
     # -- introspection --------------------------------------------------------------------
 
@@ -582,8 +622,8 @@ class XLinearModel:
         status, labels, scores = _kernels.beam_search(
             xi, xd, scratch, self.node_ptr, self.child_ptr, self.W_indptr,
             self.W_indices, self.W_data, self.label_perm, self.sorted_labels, self.span_lo,
-            self.span_hi, self.bias_w, self.F_ptr, self.F_nodes, self.F_data, acc,
-            int(beam_size), int(topk), post, label_range is not None, lo, hi,
+            self.span_hi, self.bias_w, self.F_ptr, self.F_nodes, self.F_data, acc, self.C_ptr,
+            self.C_feat, self.C_row_ptr, self.C_label, self.C_data, int(beam_size), int(topk), post, label_range is not None, lo, hi,
         )
         if status < 0:
             raise ValueError(f"x_indices must lie in [0, {self.n_features})")
@@ -638,7 +678,8 @@ class XLinearModel:
                 indptr, indices, data, rows[0], rows[1], scratch, self.node_ptr,
                 self.child_ptr, self.W_indptr, self.W_indices, self.W_data, self.label_perm,
                 self.sorted_labels, self.span_lo, self.span_hi, self.bias_w, self.F_ptr,
-                self.F_nodes, self.F_data, acc, int(beam_size), int(topk), post,
+                self.F_nodes, self.F_data, acc, self.C_ptr, self.C_feat, self.C_row_ptr,
+                self.C_label, self.C_data, int(beam_size), int(topk), post,
                 out_labels, out_scores,
             )
 
