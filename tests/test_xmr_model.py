@@ -416,7 +416,7 @@ def test_concurrent_threads_get_the_same_answers():
 def without_chunks(model):
     params, arrays = model.to_arrays()
     twin = XLinearModel.from_arrays(params, arrays, leaf_chunks=False)
-    assert twin.C_ptr.size == 1 and model.C_ptr.size > 1
+    assert twin.C_ptr.size == 1 and model.C_ptr.size > 1 and twin.chunk_nbytes == 0
     return twin
 
 

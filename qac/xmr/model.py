@@ -192,6 +192,8 @@ class XLinearModel:
         Nodes per level, ``n_nodes[0] == 1`` and ``n_nodes[depth] == n_labels``.
     bias : float
         Value of the constant bias feature.
+    chunk_nbytes : int
+        Bytes of the chunked copy of the last level built at load time (0 without it).
     """
 
     def __init__(self, params: dict, arrays: Mapping[str, np.ndarray], *, leaf_chunks: bool = True):
@@ -284,7 +286,8 @@ class XLinearModel:
             C_data = np.zeros(0, dtype=np.float32)
         self.C_ptr, self.C_feat, self.C_row_ptr = C_ptr, C_feat, C_row_ptr
         self.C_label, self.C_data = C_label, C_data
-        self.chunk_nbytes = sum(v.nbytes for v in (C_ptr, C_feat, C_row_ptr, C_label, C_data))
+        self.chunk_nbytes = 0 if C_ptr.size == 1 else sum(
+            v.nbytes for v in (C_ptr, C_feat, C_row_ptr, C_label, C_data))
 
     # -- construction ---------------------------------------------------------------------
 
