@@ -461,7 +461,8 @@ def test_leaf_chunks_equal_column_path_bit_for_bit(seed, feature_major, monkeypa
     monkeypatch.setattr(model_module, "FEATURE_MAJOR_MAX_NODES", feature_major)
     rng = np.random.default_rng(100 + seed)
     shape = dict(depth=int(rng.integers(1, 5)), n_features=int(rng.choice([5, 40, 300])),
-                 density=float(rng.choice([0.0, 0.05, 0.3, 0.9])), max_fanout=int(rng.integers(2, 12)),
+                 density=float(rng.choice([0.0, 0.05, 0.3, 0.9])),
+                 max_fanout=int(rng.integers(2, 12)),
                  bias=float(rng.choice([0.0, 1.0])), p_single=float(rng.choice([0.0, 0.3])))
     make = tie_model if seed % 2 else random_model
     model = make(rng, **shape)
@@ -469,10 +470,12 @@ def test_leaf_chunks_equal_column_path_bit_for_bit(seed, feature_major, monkeypa
     for xi, xd in chunk_queries(rng, model.n_features):
         for beam in (1, 2, 5, 20):
             for topk in (1, 3, 10, model.n_labels):
-                for rng_ in (None, (0, model.n_labels), (model.n_labels // 3, model.n_labels // 2 + 1)):
+                ranges = (None, (0, model.n_labels), (model.n_labels // 3, model.n_labels // 2 + 1))
+                for rng_ in ranges:
                     for post in ("l3-hinge", "sigmoid"):
                         kw = dict(beam_size=beam, topk=topk, post_processor=post, label_range=rng_)
-                        assert_bitwise(model.predict_one(xi, xd, **kw), twin.predict_one(xi, xd, **kw))
+                        assert_bitwise(model.predict_one(xi, xd, **kw),
+                                       twin.predict_one(xi, xd, **kw))
     X = sp.random(25, model.n_features, density=0.2, format="csr", random_state=seed,
                   dtype=np.float32)
     for beam, topk in ((3, 7), (10, 100)):
@@ -537,7 +540,8 @@ def test_non_finite_leaf_weights_keep_the_column_path():
     W_data = arrays["W_data"].copy()
     W_data[-1] = np.nan
     nan_model = XLinearModel.from_arrays(params, dict(arrays, W_data=W_data))
-    assert nan_model.C_ptr.size == 1, "a NaN weight times a 0.0 query value is NaN on the column path"
+    # A NaN weight times a 0.0 query value is NaN on the column path.
+    assert nan_model.C_ptr.size == 1
 
 
 # ---------------------------------------------------------------------------------------------
