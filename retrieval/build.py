@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +25,7 @@ from retrieval.arms.chargram import CharGramArm
 from retrieval.arms.history import build_history_arm
 from retrieval.arms.memory import build_memory_arm
 from retrieval.arms.popularity import PopularityArm
-from retrieval.arms.semantic import build_semantic_arm
+from retrieval.arms.semantic import SemanticConfig, build_semantic_arm
 from retrieval.catalog import Catalog, expanded_texts
 from retrieval.growth import AOL_GROWTH, CLOSED, CatalogGrowth
 from retrieval.pair_model import TermPairConfig
@@ -73,10 +73,14 @@ class SearchBuildConfig:
     growth: CatalogGrowth = CLOSED
     # Graded judgments only: the ranker's term-pair column (retrieval.pair_model); None = without it.
     pair: TermPairConfig | None = None
+    # The semantic (XR-Linear) arm, in the served arms and in those the stack and ranker train on.
+    semantic: SemanticConfig = SemanticConfig()
 
     def __post_init__(self) -> None:
         if not 1 <= self.default_budget <= 1000:
             raise ValueError(f"default_budget: must be in 1..1000, got {self.default_budget}")
+        if not isinstance(self.semantic, SemanticConfig):
+            raise ValueError(f"semantic: must be a SemanticConfig, got {type(self.semantic).__name__}")
 
 
 # Home Depot: the judged replay's context features barely predict which arm holds the relevant
@@ -121,6 +125,7 @@ def judgment_interactions(catalog: Catalog, judgments) -> Interactions:
 
 def build_arms(catalog: Catalog, inter: Interactions, *, bm25_texts: Sequence[str] | None = None,
                bm25_b: float = 0.75, semantic_min_weight: float = 0.0, semantic_item_text_pairs: bool = False,
+               semantic_config: SemanticConfig | None = None,
                analyzer: str = "qp2q", compounds: bool = False, learned_fusion: bool = False, text_index=None,
                timings: dict | None = None, report: dict | None = None) -> list:
     """Every arm of a catalogue, in the fixed order the pipeline, policy and ranker use.
@@ -129,6 +134,7 @@ def build_arms(catalog: Catalog, inter: Interactions, *, bm25_texts: Sequence[st
     ``learned_fusion`` (graded interactions) the learned fusion arm of
     :func:`retrieval.arms.fusion.build_learned_fusion_arm` is appended last (``text_index``: the item
     text index its features use; its training summary goes to ``report["fusion"]``).
+    ``semantic_config``: the semantic arm's :class:`SemanticConfig` (None = its defaults).
     """
     timings = {} if timings is None else timings
 
@@ -146,7 +152,7 @@ def build_arms(catalog: Catalog, inter: Interactions, *, bm25_texts: Sequence[st
         timed("memory", lambda: build_memory_arm(inter.queries, inter.item_ids, inter.timestamps, catalog.texts,
                                                  weights=inter.weights)),
         timed("semantic", lambda: build_semantic_arm([q for q, k in zip(inter.queries, keep) if k],
-                                                     inter.item_ids[keep], catalog.texts,
+                                                     inter.item_ids[keep], catalog.texts, semantic_config,
                                                      item_text_pairs=semantic_item_text_pairs)),
         timed("popularity", lambda: PopularityArm.build(inter.item_ids.tolist(), catalog.n_items,
                                                         inter.weights.tolist())),
@@ -216,7 +222,8 @@ def write_search_artifact(out_dir: Path, name: str, catalog: Catalog, arms: list
     write_artifact_files(out_dir, ARTIFACT_KIND, params, components)
 
 
-def aol_search_arms(catalog: Catalog, query_events, timings: dict | None = None) -> list:
+def aol_search_arms(catalog: Catalog, query_events, timings: dict | None = None,
+                    semantic_config: SemanticConfig | None = None) -> list:
     """The AOL arms (:func:`build_arms`) over ``catalog`` from the clicks of these query events
     (``qac.logs.QueryEvent``; clicks on sites outside the catalogue are ignored)."""
     from retrieval.catalog import click_events
@@ -225,7 +232,7 @@ def aol_search_arms(catalog: Catalog, query_events, timings: dict | None = None)
     # Expanded texts (URL tokens + one training query per click) vary enormously in length; length
     # normalisation hurts there (dev recall@20: b=0.75 0.430, b=0.3 0.468, b=0 0.501).
     return build_arms(catalog, aol_interactions(catalog, events), bm25_texts=expanded_texts(catalog, events),
-                      bm25_b=0.0, timings=timings)
+                      bm25_b=0.0, semantic_config=semantic_config, timings=timings)
 
 
 def build_search_aol(log, out_dir: Path, config: SearchBuildConfig = AOL_BUILD_CONFIG, *,
@@ -248,7 +255,7 @@ def build_search_aol(log, out_dir: Path, config: SearchBuildConfig = AOL_BUILD_C
     events = click_events(log)
     catalog = aol_catalog(events)
     inter = aol_interactions(catalog, events)
-    arms = aol_search_arms(catalog, log.events, timings)
+    arms = aol_search_arms(catalog, log.events, timings, config.semantic)
     base_arms = list(arms)
     stack_report: dict = {}
     if stack_depth is not None:
@@ -257,7 +264,9 @@ def build_search_aol(log, out_dir: Path, config: SearchBuildConfig = AOL_BUILD_C
         # The last week trains the fusion; a log shorter than three weeks gives it its last third.
         holdout_days = min(7.0, (max(times) - min(times)) / 86400 / 3) if times else 7.0
         stack = build_stacked_fusion_arm(log.events, lambda url: catalog.id_of(normalize_url(url)), catalog.n_items,
-                                         lambda early: aol_search_arms(catalog, early), depth=stack_depth,
+                                         lambda early: aol_search_arms(catalog, early,
+                                                                       semantic_config=config.semantic),
+                                         depth=stack_depth,
                                          holdout_days=holdout_days, report=stack_report)
         arms.append(stack.bind(base_arms))
         timings["arm stack"] = time.perf_counter() - t
@@ -311,7 +320,8 @@ def build_search_homedepot(products_path, judgments_path, out_dir: Path,
     # 81% of the products relevant to an unseen search term never had a relevant training term, so the
     # semantic arm also learns (title -> product) pairs (dev recall@100 0.10 -> 0.34).
     # Learned fusion over a depth-200 pool: inner dev split recall@100 0.861 vs 0.833 for the RRF.
-    arms = build_arms(catalog, inter, semantic_min_weight=2.5, semantic_item_text_pairs=True, analyzer=analyzer,
+    arms = build_arms(catalog, inter, semantic_min_weight=2.5, semantic_item_text_pairs=True,
+                      semantic_config=config.semantic, analyzer=analyzer,
                       compounds=analyzer != "qp2q", learned_fusion=True, text_index=text_index, timings=timings,
                       report=arm_report)
     t = time.perf_counter()
@@ -387,7 +397,9 @@ def build_all(log_path, out_dir, *, completion_config=None, catalog=None, judgme
 def main(argv=None) -> int:
     """``python -m retrieval.build --catalog PRODUCTS --judgments JUDGMENTS --out DIR``: the Home Depot
     search artifact alone, written to ``DIR/search/homedepot``; ``--log LOG --out DIR``: the AOL search
-    artifact alone, ``DIR/search/aol`` (``qac build`` builds completion and both)."""
+    artifact alone, ``DIR/search/aol`` (``qac build`` builds completion and both). ``--semantic-threshold``
+    overrides the semantic arm's weight pruning threshold (:class:`SemanticConfig`) of the catalogue's
+    build config."""
     import argparse
     import json
     import shutil
@@ -402,18 +414,27 @@ def main(argv=None) -> int:
     ap.add_argument("--judgments")
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--analyzer", default="product")
+    ap.add_argument("--semantic-threshold", type=float, default=None,
+                    help="prune semantic (XR-Linear) weights with |w| below this (default: SemanticConfig's)")
     args = ap.parse_args(argv)
     if (args.log is None) == (args.catalog is None or args.judgments is None):
         ap.error("give --log (AOL) or both --catalog and --judgments (Home Depot)")
     name = "aol" if args.log else "homedepot"
+    config = AOL_BUILD_CONFIG if args.log else HOMEDEPOT_BUILD_CONFIG
+    if args.semantic_threshold is not None:
+        try:
+            config = replace(config, semantic=replace(config.semantic, threshold=args.semantic_threshold))
+        except ValueError as e:
+            ap.error(f"--semantic-threshold: {e}")
     out = (args.out / "search" / name).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=out.parent))
     try:
         if args.log:
-            report = build_search_aol(read_aol_log(args.log), tmp / name)
+            report = build_search_aol(read_aol_log(args.log), tmp / name, config)
         else:
-            report = build_search_homedepot(args.catalog, args.judgments, tmp / name, analyzer=args.analyzer)
+            report = build_search_homedepot(args.catalog, args.judgments, tmp / name, config,
+                                            analyzer=args.analyzer)
         publish_directory(tmp / name, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
