@@ -428,6 +428,18 @@ def _reject_below(ratio, post_code):
 
 
 @njit(cache=True, nogil=True)
+def _first_at_least(sorted_row, a, b, lo):
+    """First position in ``[a, b)`` of ascending ``sorted_row`` holding a value >= ``lo`` (``b`` if none)."""
+    while a < b:
+        mid = (a + b) >> 1
+        if sorted_row[mid] < lo:
+            a = mid + 1
+        else:
+            b = mid
+    return a
+
+
+@njit(cache=True, nogil=True)
 def _column_dot(c, W_indptr, W_indices, W_data, scratch, x_indices, x_data, x_sorted):
     """w_c . [x, bias] with x scattered in ``scratch`` (``scratch[n_features]`` = bias)."""
     a = W_indptr[c]
@@ -441,13 +453,7 @@ def _column_dot(c, W_indptr, W_indices, W_data, scratch, x_indices, x_data, x_so
         lo = a
         for j in range(nx):
             f = x_indices[j]
-            hi = b
-            while lo < hi:
-                mid = (lo + hi) >> 1
-                if W_indices[mid] < f:
-                    lo = mid + 1
-                else:
-                    hi = mid
+            lo = _first_at_least(W_indices, lo, b, f)
             if lo < b and W_indices[lo] == f:
                 acc += np.float64(W_data[lo]) * np.float64(x_data[j])
         if b > a and W_indices[b - 1] == n_feat:
@@ -464,6 +470,13 @@ def _log2_ceil(n):
     while (1 << b) < n:
         b += 1
     return b
+
+
+@njit(cache=True, nogil=True)
+def _intersect_cost(nx, n_rows):
+    """Steps to intersect ``nx`` sorted query features with ``n_rows`` sorted chunk rows: a merge
+    (``nx + n_rows``) or a binary search per feature (``nx * ceil(log2(n_rows + 1))``), the fewer."""
+    return min(nx + n_rows, nx * _log2_ceil(n_rows + 1))
 
 
 @njit(cache=True, nogil=True)
@@ -494,7 +507,7 @@ def _chunk_scores(
     nx = x_indices.size
     n_rows = rb - r0
     if nx > 0 and n_rows > 0:
-        if nx + n_rows <= nx * _log2_ceil(n_rows + 1):
+        if nx + n_rows == _intersect_cost(nx, n_rows):  # the merge is no dearer
             r = r0
             j = 0
             f = x_indices[0]
@@ -518,13 +531,7 @@ def _chunk_scores(
             lo = r0
             for j in range(nx):
                 f = x_indices[j]
-                hi = rb
-                while lo < hi:
-                    mid = (lo + hi) >> 1
-                    if C_feat[mid] < f:
-                        lo = mid + 1
-                    else:
-                        hi = mid
+                lo = _first_at_least(C_feat, lo, rb, f)
                 if lo == rb:
                     break
                 if C_feat[lo] == f:
@@ -532,17 +539,6 @@ def _chunk_scores(
                     lo += 1
     if rb < r1:
         _chunk_row_add(rb, C_row_ptr, C_label, C_data, bias, zacc)
-
-
-@njit(cache=True, nogil=True)
-def _first_at_least(sorted_row, a, b, lo):
-    while a < b:
-        mid = (a + b) >> 1
-        if sorted_row[mid] < lo:
-            a = mid + 1
-        else:
-            b = mid
-    return a
 
 
 @njit(cache=True, nogil=True)
@@ -714,11 +710,7 @@ def _beam_search_core(
             k = 0
             if last and n_chunks > 0 and x_strict and not feature_major and c1 - c0 > 1:
                 k = g - node_ptr[lev]
-                n_rows = C_ptr[k + 1] - C_ptr[k]
-                cost_chunk = nx + n_rows
-                log_rows = _log2_ceil(n_rows + 1)
-                if nx * log_rows < cost_chunk:
-                    cost_chunk = nx * log_rows
+                cost_chunk = _intersect_cost(nx, C_ptr[k + 1] - C_ptr[k])
                 if use_range:
                     cost_gather = 0
                     for c in range(c0, c1):

@@ -626,7 +626,8 @@ class XLinearModel:
             xi, xd, scratch, self.node_ptr, self.child_ptr, self.W_indptr,
             self.W_indices, self.W_data, self.label_perm, self.sorted_labels, self.span_lo,
             self.span_hi, self.bias_w, self.F_ptr, self.F_nodes, self.F_data, acc, self.C_ptr,
-            self.C_feat, self.C_row_ptr, self.C_label, self.C_data, int(beam_size), int(topk), post, label_range is not None, lo, hi,
+            self.C_feat, self.C_row_ptr, self.C_label, self.C_data, int(beam_size), int(topk), post,
+            label_range is not None, lo, hi,
         )
         if status < 0:
             raise ValueError(f"x_indices must lie in [0, {self.n_features})")
