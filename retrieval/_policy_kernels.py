@@ -236,19 +236,3 @@ def item_codes(ids, n_ret, codes):
                 h = (h + 1) & mask
     return n_codes
 
-
-@njit(cache=True, nogil=True)
-def proposed(ids, heads, head_ptr, out):
-    """Which arms' union heads hold each shown item: ``out[r, a] = ids[r] in heads[head_ptr[a]:head_ptr[a + 1]]``.
-
-    ``ids`` int32 (k,) (the ranked top, k ~ 10), ``heads`` int32 (total,) every arm's top ``depth[a]``
-    concatenated, ``head_ptr`` int64 (n_arms + 1,), ``out`` bool (k, n_arms) all False on entry.
-    O(k * total) comparisons: fewer than a hash lookup per head entry costs at k ~ 10.
-    """
-    k = ids.shape[0]
-    for a in range(head_ptr.shape[0] - 1):
-        for p in range(head_ptr[a], head_ptr[a + 1]):
-            v = heads[p]
-            for r in range(k):
-                if ids[r] == v:
-                    out[r, a] = True

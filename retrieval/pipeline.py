@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from retrieval import _policy_kernels as _k
-from retrieval.arms.base import Context, offsets
+from retrieval.arms.base import Context
 from retrieval.policy import allocation_menu
 
 CONTEXT_FEATURES = ("bias", "log_query_chars", "n_words", "is_single_word", "has_digit", "looks_like_url",
@@ -315,14 +315,14 @@ class Pipeline:
         """Which arms put each of ``ids`` into the union (within their allocation): bool (m, n_arms).
         Reported with each hit; the ranker's own arm features are :meth:`features`."""
         depths = retrieval.arm_depths().tolist()
-        out = np.zeros((len(ids), len(retrieval.arm_ids)), dtype=bool)
-        if isinstance(ids, np.ndarray):  # catalogue items: one kernel over the concatenated heads
-            heads = [np.asarray(aids[:n], dtype=np.int32) for aids, n in zip(retrieval.arm_ids, depths)]
-            ptr = offsets([h.size for h in heads])
-            if ptr[-1]:
-                _k.proposed(np.asarray(ids, dtype=np.int32), np.concatenate(heads), ptr, out)
-            return out
+        if isinstance(ids, np.ndarray):
+            # Catalogue items: the ranker's arm-score kernel over the union heads, every score 1.
+            from retrieval.ranker_features import arm_score_matrix
+
+            heads = [aids[:n] for aids, n in zip(retrieval.arm_ids, depths)]
+            return arm_score_matrix(heads, [np.ones(len(h), np.float32) for h in heads], ids) != 0
         pos = {key: r for r, key in enumerate(ids)}  # completion strings
+        out = np.zeros((len(ids), len(retrieval.arm_ids)), dtype=bool)
         for a, (aids, n) in enumerate(zip(retrieval.arm_ids, depths)):
             head = aids[:n]
             for key in (head.tolist() if isinstance(head, np.ndarray) else head):
