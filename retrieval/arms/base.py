@@ -349,3 +349,34 @@ def dense_terms(postings_ptr: np.ndarray, postings_items: np.ndarray, postings_d
         dense[r, postings_items[a:b]] = postings_data[a:b]
     dense_max = dense.max(axis=1) if chosen.size else np.zeros(0, dtype=np.float32)
     return dense_row, dense, dense_max
+
+
+class PostingsIndex:
+    """An inverted index (module layout of ``_kernels``) scored by dot products, its dense terms last.
+
+    The char-trigram and BM25 arms' shared scorer: :func:`dense_terms` is derived at load, and
+    :meth:`top_n` runs ``_kernels.dot_top_n_dense_last`` on a per-thread scratch pair.
+
+    Attributes
+    ----------
+    ptr : int64 (n_terms + 1,) ; items : int32 ; data : float32 (the per-posting values)
+    dense_row, dense, dense_max : :func:`dense_terms` of the postings
+    """
+
+    def __init__(self, ptr: np.ndarray, items: np.ndarray, data: np.ndarray, n_items: int) -> None:
+        self.ptr, self.items, self.data = ptr, items, data
+        self.dense_row, self.dense, self.dense_max = dense_terms(ptr, items, data, n_items)
+        self._scratch = ScratchPool(n_items)
+
+    def top_n(self, term_ids: np.ndarray, weights: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``n`` items by ``sum_t weights[t] * data[t, item]`` over the distinct ascending
+        ``term_ids`` (int64 (q,); ``weights`` float64 (q,) > 0): ids int32, scores float32, score
+        descending, id ascending."""
+        scratch, touched = self._scratch.get()
+        return _kernels.dot_top_n_dense_last(term_ids, weights, self.dense_row, self.dense, self.dense_max,
+                                             self.ptr, self.items, self.data, scratch, touched, n)
+
+    def warmup(self) -> None:
+        """Compile/load the kernel for these (possibly read-only) arrays: one call with the first term."""
+        k = min(1, self.ptr.size - 1)
+        self.top_n(np.zeros(k, dtype=np.int64), np.ones(k, dtype=np.float64), 10)

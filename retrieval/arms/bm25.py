@@ -41,12 +41,11 @@ from retrieval.arms.base import (
     Arm,
     Context,
     EMPTY_CONTEXT,
-    ScratchPool,
+    PostingsIndex,
     build_postings,
     check_n,
     check_postings,
     check_query,
-    dense_terms,
     empty_result,
 )
 
@@ -146,11 +145,10 @@ class BM25Arm(Arm):
         total = float(np.sum(doc_len, dtype=np.int64))
         self.avg_len = total / n_items if n_items and total > 0 else 1.0
         self.doc_norm = config.k1 * (1.0 - config.b + config.b * doc_len.astype(np.float64) / self.avg_len)
-        # Each posting's BM25 term score, computed once (3.6 MB on AOL sites): a query's score is
-        # then a plain sum of impacts, with the very long postings last (``dense_terms``).
-        self.impact = bm25_impacts(self.idf, config.k1, self.doc_norm, postings_ptr, postings_items, postings_tf)
-        self._dense_row, self._dense, self._dense_max = dense_terms(postings_ptr, postings_items, self.impact, n_items)
-        self._scratch = ScratchPool(n_items)
+        # Each posting's BM25 term score, computed once (4 bytes a posting): a query's score is then
+        # a plain sum of impacts, with the very long postings last (``PostingsIndex``).
+        impact = bm25_impacts(self.idf, config.k1, self.doc_norm, postings_ptr, postings_items, postings_tf)
+        self._index = PostingsIndex(postings_ptr, postings_items, impact, n_items)
 
     # ---- build / persistence -------------------------------------------------------------------
     @classmethod
@@ -263,18 +261,11 @@ class BM25Arm(Arm):
         term_ids = self.term_ids(query)
         if term_ids.size == 0:
             return empty_result()
-        scratch, touched = self._scratch.get()
-        return _kernels.dot_top_n_dense_last(term_ids, np.ones(term_ids.size), self._dense_row, self._dense,
-                                             self._dense_max, self.postings_ptr, self.postings_items, self.impact,
-                                             scratch, touched, n)
+        return self._index.top_n(term_ids, np.ones(term_ids.size), n)
 
     def warmup(self) -> None:
         """Compile/load the kernel for the served arrays (one call with the first term, if any)."""
-        scratch, touched = self._scratch.get()
-        k = min(1, self.n_terms)
-        _kernels.dot_top_n_dense_last(np.zeros(k, dtype=np.int64), np.ones(k), self._dense_row, self._dense,
-                                      self._dense_max, self.postings_ptr, self.postings_items, self.impact,
-                                      scratch, touched, 10)
+        self._index.warmup()
 
 
 def build_bm25_arm(texts: Sequence[str], config: BM25Config = BM25Config()) -> BM25Arm:

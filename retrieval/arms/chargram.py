@@ -36,17 +36,15 @@ import numpy as np
 
 from qac.artifacts import arrays_to_strings, strings_to_arrays
 from retrieval.analyzer import ANALYZERS, get_analyzer
-from retrieval.arms import _kernels
 from retrieval.arms.base import (
     Arm,
     Context,
     EMPTY_CONTEXT,
-    ScratchPool,
+    PostingsIndex,
     build_postings,
     check_n,
     check_postings,
     check_query,
-    dense_terms,
     empty_result,
 )
 
@@ -141,9 +139,7 @@ class CharGramArm(Arm):
         self.postings_items = postings_items
         self.postings_data = postings_data
         self._n_items = int(n_items)
-        self._scratch = ScratchPool(self._n_items)
-        self._dense_row, self._dense, self._dense_max = dense_terms(postings_ptr, postings_items, postings_data,
-                                                                    self._n_items)
+        self._index = PostingsIndex(postings_ptr, postings_items, postings_data, self._n_items)
 
     # ---- build / persistence -------------------------------------------------------------------
     @classmethod
@@ -279,18 +275,11 @@ class CharGramArm(Arm):
         gram_ids, weights = self.query_vector(query)
         if gram_ids.size == 0:
             return empty_result()
-        scratch, touched = self._scratch.get()
-        return _kernels.dot_top_n_dense_last(gram_ids, weights, self._dense_row, self._dense, self._dense_max,
-                                             self.postings_ptr, self.postings_items, self.postings_data,
-                                             scratch, touched, n)
+        return self._index.top_n(gram_ids, weights, n)
 
     def warmup(self) -> None:
         """Compile/load the kernel for the served arrays."""
-        scratch, touched = self._scratch.get()
-        k = min(1, self.n_terms)
-        _kernels.dot_top_n_dense_last(np.zeros(k, dtype=np.int64), np.ones(k, dtype=np.float64), self._dense_row,
-                                      self._dense, self._dense_max, self.postings_ptr, self.postings_items,
-                                      self.postings_data, scratch, touched, 10)
+        self._index.warmup()
 
 
 def build_chargram_arm(texts: Sequence[str], config: CharGramConfig = CharGramConfig()) -> CharGramArm:

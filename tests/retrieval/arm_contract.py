@@ -250,18 +250,20 @@ class OnlineArmContract(abc.ABC):
         arm.grow(arm.n_items)  # same size: a no-op
 
 
-def assert_dense_last_exact(arm, query, n, term_ids, weights, postings_data):
+def assert_dense_last_exact(arm, query, n, term_ids, weights):
     """``arm.retrieve(query, n)`` equals ``_kernels.dot_top_n`` over every posting of the query's
-    terms ``term_ids`` (weights ``weights``, per-posting values ``postings_data``) in the order the
-    dense-last kernel defines -- sparse terms by id, then dense ones -- ids and float32 scores bit
-    for bit (the char-trigram and BM25 arms, ``_kernels.dot_top_n_dense_last``)."""
+    terms ``term_ids`` (weights ``weights``) in the arm's index (``arm._index``, a
+    ``retrieval.arms.base.PostingsIndex``) in the order the dense-last kernel defines -- sparse terms
+    by id, then dense ones -- ids and float32 scores bit for bit (the char-trigram and BM25 arms,
+    ``_kernels.dot_top_n_dense_last``)."""
     from retrieval.arms import _kernels
 
-    dense = arm._dense_row[term_ids] >= 0
+    index = arm._index
+    dense = index.dense_row[term_ids] >= 0
     order = np.concatenate([np.flatnonzero(~dense), np.flatnonzero(dense)])
     scratch, touched = np.zeros(arm.n_items, np.float32), np.zeros(arm.n_items, np.int32)
-    want = _kernels.dot_top_n(term_ids[order], np.asarray(weights, dtype=np.float64)[order], arm.postings_ptr,
-                              arm.postings_items, postings_data, scratch, touched, n)
+    want = _kernels.dot_top_n(term_ids[order], np.asarray(weights, dtype=np.float64)[order], index.ptr,
+                              index.items, index.data, scratch, touched, n)
     got = arm.retrieve(query, Context(), n)
     np.testing.assert_array_equal(got[0], want[0])
     np.testing.assert_array_equal(got[1], want[1])

@@ -188,15 +188,15 @@ def test_impacts_and_dense_last_scores_on_homedepot(homedepot):
     a, b = int(arm.postings_ptr[t]), int(arm.postings_ptr[t + 1])
     tf = arm.postings_tf[a:b].astype(np.float64)
     want = (arm.idf[t] * tf * (arm.config.k1 + 1.0) / (tf + arm.doc_norm[arm.postings_items[a:b]])).astype(np.float32)
-    np.testing.assert_array_equal(arm.impact[a:b], want)
-    assert arm._dense.shape[0] >= 1
+    np.testing.assert_array_equal(arm._index.data[a:b], want)
+    assert arm._index.dense.shape[0] >= 1
     queries = sorted({j.query for j in test})[:300] + ["in", "1 in pvc", "x in"]
     with_dense = 0
     for q in queries:
         term_ids = arm.term_ids(q)
-        with_dense += bool((arm._dense_row[term_ids] >= 0).any())
+        with_dense += bool((arm._index.dense_row[term_ids] >= 0).any())
         for n in (1, 10, 100):
-            assert_dense_last_exact(arm, q, n, term_ids, np.ones(term_ids.size), arm.impact)
+            assert_dense_last_exact(arm, q, n, term_ids, np.ones(term_ids.size))
     assert with_dense > 20
 
 

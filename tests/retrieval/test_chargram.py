@@ -90,7 +90,7 @@ def test_homedepot_recall_at_100(homedepot):
 
 def _assert_dense_last_exact(arm, q, n):
     ids, w = arm.query_vector(q)
-    assert_dense_last_exact(arm, q, n, ids, w, arm.postings_data)
+    assert_dense_last_exact(arm, q, n, ids, w)
 
 
 def test_dense_terms_last_equals_the_full_accumulation(homedepot):
@@ -98,11 +98,11 @@ def test_dense_terms_last_equals_the_full_accumulation(homedepot):
     plain accumulation of every posting in the same order (sparse terms, then dense terms), on real
     Home Depot search terms, ids and float32 scores bit for bit."""
     _, test, arm = homedepot
-    assert arm._dense.shape[0] >= 3  # " in", "in ", "er " ... hold >= 20% of the titles
+    assert arm._index.dense.shape[0] >= 3  # " in", "in ", "er " hold >= 40% of the titles
     queries = sorted({j.query for j in test})[:300] + ["in", "wood in", "x in er", "toilet"]
     n_dense_queries = 0
     for q in queries:
-        n_dense_queries += bool((arm._dense_row[arm.query_vector(q)[0]] >= 0).any())
+        n_dense_queries += bool((arm._index.dense_row[arm.query_vector(q)[0]] >= 0).any())
         for n in (1, 10, 100):
             _assert_dense_last_exact(arm, q, n)
     assert n_dense_queries > 100
@@ -114,7 +114,7 @@ def test_dense_terms_cannot_be_skipped_when_an_untouched_item_may_win():
     texts = ["in", "in in", "in", "in x", "in", "in y", "in", "in z",
              "pqr stuvw in abcdefghijklmnopqrstuvwxyz abcdefghijklmnopqrstuvwxyz", "nothing"]
     arm = CharGramArm.build(texts)
-    assert arm._dense.shape[0] > 0
+    assert arm._index.dense.shape[0] > 0
     for q, n in [("in pqr", 1), ("in pqr", 3), ("in stuvw", 2), ("pqr", 1)]:
         _assert_dense_last_exact(arm, q, n)
     assert 8 not in arm.retrieve("in pqr", Context(), 1)[0].tolist()  # a short "in" text wins
