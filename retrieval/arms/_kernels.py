@@ -181,7 +181,6 @@ def promote(order, rank, scores, item):
     rank[item] = lo
 
 
-
 @njit(cache=True, nogil=True)
 def unique_inverse(keys):
     """Distinct values of ``keys`` ascending and each key's index among them: ``np.unique(keys,
@@ -329,20 +328,17 @@ def dot_top_n_dense_last(term_ids, term_weights, dense_row, dense, dense_max, po
     """
     m = 0
     n_dense_q = 0
+    dense_cost = 0  # postings of the query's dense terms
     for j in range(term_ids.size):
         t = term_ids[j]
         if dense_row[t] >= 0:
             n_dense_q += 1
+            dense_cost += postings_ptr[t + 1] - postings_ptr[t]
             continue
         m = _accumulate(t, np.float32(term_weights[j]), postings_ptr, postings_items, postings_data, scratch,
                         touched, m)
     if n_dense_q == 0:
         return select_top_n(scratch, touched, m, n)
-    dense_cost = 0
-    for j in range(term_ids.size):
-        t = term_ids[j]
-        if dense_row[t] >= 0:
-            dense_cost += postings_ptr[t + 1] - postings_ptr[t]
     # The check costs O(m) (touched items); try it only when scanning the dense postings costs more.
     if m >= n and n > 0 and dense_cost > 2 * m:
         # An item's dense contributions sum to at most ``bound`` (float64 with a relative margin for
