@@ -544,7 +544,8 @@ class MemoryArm(OnlineClickArm):
         pred = pred_s.astype(np.float64) * (pw / float(pred_s[0])) if pred_s[0] > 0 else np.zeros(pred_s.size)
         if obs_ids.size:
             # Override: an observed pair keeps its count and drops its predicted score.
-            # (``obs_ids`` is ascending: a binary search per predicted id: ~8 us against np.isin's ~44 us for ~100 ids)
+            # ``obs_ids`` is ascending: a binary search per predicted id (cheaper than np.isin on
+            # ~100 ids).
             j = np.minimum(np.searchsorted(obs_ids, pred_ids), obs_ids.size - 1)
             keep = obs_ids[j] != pred_ids
             pred_ids, pred = pred_ids[keep], pred[keep]
