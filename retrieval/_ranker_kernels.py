@@ -304,6 +304,16 @@ UNMATCHED_HASH = 0xFFFFFFFF
 
 
 @njit(cache=True, nogil=True)
+def _seen_before(tok_flat, lo, p):
+    """Whether ``tok_flat[p]`` occurs in ``tok_flat[lo:p]`` (titles are short: a linear scan)."""
+    t = tok_flat[p]
+    for pp in range(lo, p):
+        if tok_flat[pp] == t:
+            return True
+    return False
+
+
+@njit(cache=True, nogil=True)
 def pair_buckets(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask):
     """The pair buckets of every candidate, one CSR row per item (a bucket repeats when two pairs
     of the row collide).
@@ -331,12 +341,7 @@ def pair_buckets(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask):
             matched = False
             for p in range(lo, hi):
                 t = tok_flat[p]
-                repeat = False
-                for pp in range(lo, p):
-                    if tok_flat[pp] == t:
-                        repeat = True
-                        break
-                if repeat:
+                if _seen_before(tok_flat, lo, p):
                     continue
                 u = term_hash[t]
                 if u == q_hash[a]:
@@ -351,7 +356,68 @@ def pair_buckets(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask):
 
 @njit(cache=True, nogil=True)
 def pair_scores(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask, weights, intercept, out, col):
-    """``out[r, col] = intercept + sum of weights over row r's buckets`` (see ``pair_buckets``)."""
+    """``out[r, col] = intercept + sum of weights over row r's buckets`` (see ``pair_buckets``).
+
+    Adds the same weights in the same order as summing ``pair_buckets``' rows (float64 from
+    ``intercept``), so the scores are bit for bit those; the difference is cost. A candidate set
+    shares most title terms (one product type), so each distinct (query term, title term) weight is
+    hashed and fetched from the table once per call, and each title is deduplicated once rather than
+    once per query term. ``pair_scores_from_buckets`` is the twin.
+    """
+    m = item_ids.shape[0]
+    nq = q_hash.shape[0]
+    slot = np.full(term_hash.shape[0], -1, dtype=np.int32)
+    cap = 0
+    longest = 0
+    for r in range(m):
+        i = item_ids[r]
+        n = tok_ptr[i + 1] - tok_ptr[i]
+        cap += n
+        longest = max(longest, n)
+    # cached[k * nq + a]: the weight of (query term a, the k-th distinct title term of the call).
+    cached = np.empty(max(cap, 1) * nq, dtype=weights.dtype)
+    hit = np.empty(max(cap, 1) * nq, dtype=np.bool_)
+    flag = np.empty(2 * max(nq, 1), dtype=weights.dtype)  # (a, matched) then (a, unmatched)
+    for a in range(nq):
+        flag[2 * a] = weights[pair_bucket(q_hash[a], MATCHED_HASH, mask)]
+        flag[2 * a + 1] = weights[pair_bucket(q_hash[a], UNMATCHED_HASH, mask)]
+    distinct = np.empty(max(longest, 1), dtype=np.int32)
+    n_slots = 0
+    for r in range(m):
+        i = item_ids[r]
+        lo = tok_ptr[i]
+        hi = tok_ptr[i + 1]
+        nd = 0
+        for p in range(lo, hi):
+            t = tok_flat[p]
+            if _seen_before(tok_flat, lo, p):
+                continue
+            k = slot[t]
+            if k < 0:
+                k = n_slots
+                slot[t] = k
+                n_slots += 1
+                u = term_hash[t]
+                for a in range(nq):
+                    cached[k * nq + a] = weights[pair_bucket(q_hash[a], u, mask)]
+                    hit[k * nq + a] = u == q_hash[a]
+            distinct[nd] = k
+            nd += 1
+        s = intercept
+        for a in range(nq):
+            matched = False
+            for d in range(nd):
+                k = distinct[d]
+                s += cached[k * nq + a]
+                if hit[k * nq + a]:
+                    matched = True
+            s += flag[2 * a] if matched else flag[2 * a + 1]
+        out[r, col] = s
+
+
+@njit(cache=True, nogil=True)
+def pair_scores_from_buckets(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask, weights, intercept, out, col):
+    """Twin of ``pair_scores``: the sum of each ``pair_buckets`` row's weights, in row order."""
     indptr, buckets = pair_buckets(item_ids, q_hash, term_hash, tok_flat, tok_ptr, mask)
     for r in range(item_ids.shape[0]):
         s = intercept

@@ -199,6 +199,14 @@ class ItemTextIndex:
             raise ValueError(f"n_items: params say {params['n_items']}, arrays hold {idx.n_items}")
         return idx
 
+    def same_content(self, other: "ItemTextIndex") -> bool:
+        """True when ``other`` holds the same parameters and arrays (:meth:`to_arrays`), so either
+        one gives the same features for every query and item (load code, not the request path)."""
+        if not isinstance(other, ItemTextIndex):
+            return False
+        (p1, a1), (p2, a2) = self.to_arrays(), other.to_arrays()
+        return p1 == p2 and a1.keys() == a2.keys() and all(np.array_equal(a1[k], a2[k]) for k in a1)
+
     # -- request path -----------------------------------------------------------------------
     _QUERY_CACHE_SIZE = 4096
 

@@ -157,6 +157,11 @@ def load_engine(path: Path) -> CatalogEngine:
     rp, ra = art.component("ranker")
     ranker = _ranker_class(p["ranker_kind"]).from_arrays(rp, ra)
     text_index = ItemTextIndex.from_arrays(*art.component("text_index"))
+    for arm in arms:
+        # The Home Depot fusion's scorer stores its own copy of the ranker's text index.
+        share = getattr(arm, "share_text_index", None)
+        if share is not None:
+            share(text_index)
     item_stats = np.asarray(art.component("item_stats")[1]["item_stats"])
     # Home Depot artifacts since the term-pair column carry its model; older ones have none.
     pair_model = TermPairModel.from_arrays(*art.component("pair_model")) if "pair_model" in art.components else None

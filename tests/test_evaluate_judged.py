@@ -53,6 +53,8 @@ def test_learned_fusion_is_served_with_the_shared_chargram(hd_slice):
     assert fusion.arms[1] is ce.engine.arms[names.index("chargram")]
     assert ce.engine.pool_depths() == {"chargram": fusion.depth}
     assert ce.engine.policy.config.ridge == 1000.0
+    # The scorer's stored copy of the ranker's text index is replaced by the ranker's own object.
+    assert fusion.scorer.text_index is ce.engine.text_index
 
 
 def test_judged_evaluation_menu_and_policy_override(hd_slice):

@@ -144,6 +144,17 @@ class FusionArm(Arm):
             self._bound.add(i)
         return self
 
+    def share_text_index(self, text_index) -> bool:
+        """Let the learned scorer use ``text_index`` (the ranker's) when it holds the same content as
+        its own: one copy in memory, and one query analysis per request (``query_arrays`` is cached
+        per index). Returns whether it was adopted; the features are the same either way."""
+        if self.scorer is None or self.scorer.text_index is text_index:
+            return self.scorer is not None
+        if not self.scorer.text_index.same_content(text_index):
+            return False
+        self.scorer.text_index = text_index
+        return True
+
     def pool_depths(self) -> dict[str, int]:
         """``{served arm name: depth}`` for the sub-arms :meth:`bind` swapped for served arms."""
         return {self.arms[i].name: self.depth for i in sorted(self._bound)}

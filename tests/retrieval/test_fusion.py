@@ -12,7 +12,7 @@ from retrieval.arms.chargram import CharGramArm
 from retrieval.arms.fusion import (
     PRIOR_NAMES, FusionArm, PoolScorer, build_fusion_arm, build_learned_fusion_arm, item_prior, pool_features,
 )
-from retrieval.ranker_features import candidate_features
+from retrieval.ranker_features import ItemTextIndex, candidate_features
 from tests.retrieval.arm_contract import ArmContract
 
 CORPUS = ["toilet tank lid", "glacier bay toilet", "angle bracket", "l bracket 12 gauge", "deck paint",
@@ -128,6 +128,24 @@ def test_learned_retrieve_is_the_linear_score_of_the_pool():
         order = sorted(range(pool.size), key=lambda r: (-np.float32(s[r]), pool[r]))[:3]
         assert ids.tolist() == pool[order].tolist()
         np.testing.assert_allclose(scores, s[order], rtol=1e-5, atol=1e-5)
+
+
+def test_share_text_index_only_adopts_the_same_content():
+    arm = learned_arm()
+    own = arm.scorer.text_index
+    same = ItemTextIndex.from_arrays(*own.to_arrays())
+    before = [arm.retrieve(q, Context(), 10) for q in QUERIES]
+    assert arm.share_text_index(same) and arm.scorer.text_index is same
+    for q, (ids, scores) in zip(QUERIES, before):
+        again = arm.retrieve(q, Context(), 10)
+        assert again[0].tolist() == ids.tolist() and again[1].tolist() == scores.tolist()
+    other = ItemTextIndex.build(CORPUS[:-1] + ["another title"], analyzer=own.analyzer,
+                                match_features=own.match_features)
+    params = dict(own.to_arrays()[0], k1=own.k1 + 0.5)
+    tuned = ItemTextIndex.from_arrays(params, own.to_arrays()[1])
+    assert not arm.share_text_index(other) and not arm.share_text_index(tuned)
+    assert arm.scorer.text_index is same
+    assert not FusionArm(arm.arms).share_text_index(same)  # an RRF arm has no scorer
 
 
 def test_learned_round_trip_keeps_the_scorer():

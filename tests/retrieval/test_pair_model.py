@@ -55,6 +55,25 @@ def test_scores_equal_the_slow_twin_on_random_corpora():
                                    err_msg=f"trial {trial} query {query!r}")
 
 
+def test_cached_kernel_is_bitwise_the_bucket_sum():
+    """``pair_scores`` fetches each (query term, title term) weight once per call; every score must
+    be the float of ``pair_buckets``' row sum in the same order, including repeated titles and terms."""
+    rng = np.random.default_rng(11)
+    words = ["ab", "abc", "bab", "cab", "1/2", "x", "xy", "yxz", "in", "sink"]
+    for trial in range(40):
+        texts = [" ".join(rng.choice(words, size=rng.integers(0, 15))) for _ in range(12)]
+        idx = ItemTextIndex.build(texts, analyzer="product")
+        model = _model(idx, int(rng.integers(8, 12)), seed=trial)
+        ids = rng.integers(0, 12, size=rng.integers(0, 30)).astype(np.int32)
+        q_hash = term_hashes(list(dict.fromkeys(rng.choice(words + ["zz"], size=rng.integers(0, 6)).tolist())))
+        got = np.full((ids.size, 3), np.nan, np.float32)
+        want = np.full((ids.size, 3), np.nan, np.float32)
+        args = (ids, q_hash, model.term_hash, idx.tok_flat, idx.tok_ptr, model.mask, model.weights, model.intercept)
+        K.pair_scores(*args, got, 1)
+        K.pair_scores_from_buckets(*args, want, 1)
+        np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32), err_msg=f"trial {trial}")
+
+
 def test_bucket_kernel_matches_python_formula_and_rows_are_distinct_sets():
     rng = np.random.default_rng(5)
     pairs = [(0, 0), (1, 2), (0xFFFFFFFF, 0xFFFFFFFE)] + [tuple(int(v) for v in rng.integers(0, 1 << 32, 2))
