@@ -36,6 +36,7 @@ single spaces.
 from __future__ import annotations
 
 import math
+import threading
 from collections import Counter
 from typing import Mapping, Sequence
 
@@ -128,6 +129,8 @@ class ItemTextIndex:
         self._idf_list = self.idf.tolist()
         # Bounded per-index cache of query arrays: Search and Complete previews repeat queries.
         self._query_cache: dict = {}
+        # Per thread, the last query's text block (see text_block_into).
+        self._last_block = threading.local()
 
     # -- build ------------------------------------------------------------------------------
     @classmethod
@@ -238,6 +241,44 @@ class ItemTextIndex:
         q_idf = np.array([idf[i] if i >= 0 else unseen for i in q_terms.tolist()], dtype=np.float64)
         q_tri = np.array(_trigram_keys(" ".join(tokens)) if tokens else [], dtype=np.int64)
         return q_terms, q_idf, np.array(seq, dtype=np.int32), q_tri
+
+    def text_block_into(self, query: str, item_ids: np.ndarray, out: np.ndarray) -> None:
+        """Write the text block (``n_text_features`` columns: the text features, then the match
+        features when the index has them) of candidates ``item_ids`` (int32 (m,), validated) for
+        ``query`` into ``out[:, :n_text_features]`` (float32 (m, f)).
+
+        A row depends only on the query and the item (the index never changes after it is built), so
+        each thread remembers the rows of its last query on this index: a second call for the same
+        query -- the Home Depot ranker after the learned fusion scored its pool, through the same
+        index -- copies the rows it has and computes only the others. A call for another query
+        replaces the memory. Same values as computing every row.
+        """
+        memo = self._last_block
+        # ``index is self``: shallow copies (the grown items' index) share the thread-local object.
+        if getattr(memo, "index", None) is not self or memo.query != query:
+            self._compute_block(query, item_ids, out)
+            order = np.argsort(item_ids, kind="stable")
+            memo.index = None  # never a half-updated memory
+            memo.query, memo.ids, memo.rows = query, item_ids[order], out[order, :self.n_text_features]
+            memo.index = self
+            return
+        ids, rows = memo.ids, memo.rows
+        pos = np.minimum(np.searchsorted(ids, item_ids), max(ids.size - 1, 0))
+        have = ids[pos] == item_ids if ids.size else np.zeros(item_ids.size, dtype=bool)
+        out[have, :self.n_text_features] = rows[pos[have]]
+        if not have.all():
+            miss = np.flatnonzero(~have)
+            block = np.empty((miss.size, self.n_text_features), dtype=np.float32)
+            self._compute_block(query, item_ids[miss], block)
+            out[miss, :self.n_text_features] = block
+
+    def _compute_block(self, query: str, item_ids: np.ndarray, out: np.ndarray) -> None:
+        q_terms, q_idf, q_seq, q_tri = self.query_arrays(query)
+        K.text_features(item_ids, q_terms, q_idf, q_seq, q_tri, self.tok_flat, self.tok_ptr, self.tri_flat,
+                        self.tri_ptr, self.avg_len, self.k1, self.b, out)
+        if self.match_features:
+            K.match_features(item_ids, q_terms, q_seq, self.term_is_num, self.tok_flat, self.tok_ptr, out,
+                             K.N_TEXT_FEATURES)
 
     def item_text(self, item_id: int) -> str:
         """The indexed text of an item (tokens joined by single spaces)."""
@@ -381,13 +422,7 @@ def candidate_features(query: str, item_ids: np.ndarray, arm_scores: np.ndarray,
     out = np.empty((m, nt + n_stats + 2 * n_arms), dtype=np.float32)
     if m == 0:
         return out
-    q_terms, q_idf, q_seq, q_tri = text_index.query_arrays(query)
-    K.text_features(item_ids, q_terms, q_idf, q_seq, q_tri, text_index.tok_flat, text_index.tok_ptr,
-                    text_index.tri_flat, text_index.tri_ptr, text_index.avg_len, text_index.k1,
-                    text_index.b, out)
-    if text_index.match_features:
-        K.match_features(item_ids, q_terms, q_seq, text_index.term_is_num, text_index.tok_flat, text_index.tok_ptr,
-                         out, K.N_TEXT_FEATURES)
+    text_index.text_block_into(query, item_ids, out)
     if pair_model is not None:
         pair_model.scores_into(query, item_ids, text_index, out, text_index.n_text_features)
     out[:, nt:nt + n_stats] = item_stats[item_ids]

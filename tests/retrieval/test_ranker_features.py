@@ -207,3 +207,41 @@ def test_arm_score_matrix_repeated_ids():
     assert out.shape == (4, 2)
     np.testing.assert_array_equal(out, [[3.0, 0.0], [0.0, 0.5], [3.0, 0.0], [1.0, 0.0]])
     assert arm_score_matrix([], [], ids).shape == (4, 0)
+
+
+def _fresh_block(idx, query, ids):
+    """The text block computed from scratch, on a copy of the index with no remembered rows."""
+    return candidate_features(query, ids, np.zeros((ids.size, 0), np.float32),
+                              ItemTextIndex.from_arrays(*idx.to_arrays()), np.zeros((idx.n_items, 0), np.float32))
+
+
+def test_remembered_text_block_equals_computing_every_row():
+    """The per-thread memory of the last query's rows: calls that repeat, extend, shrink or change
+    the query give the rows a fresh index computes, bit for bit."""
+    idx = ItemTextIndex.build(TEXTS, analyzer="product", match_features=True)
+    rng = np.random.default_rng(7)
+    queries = ["shower head", "angle bracket", "shower head", "zzz", ""]
+    for trial in range(60):
+        query = queries[int(rng.integers(len(queries)))]
+        ids = rng.integers(0, len(TEXTS), size=rng.integers(0, 12)).astype(np.int32)
+        got = candidate_features(query, ids, np.zeros((ids.size, 0), np.float32), idx,
+                                 np.zeros((idx.n_items, 0), np.float32))
+        np.testing.assert_array_equal(got.view(np.int32), _fresh_block(idx, query, ids).view(np.int32),
+                                      err_msg=f"trial {trial} query {query!r} ids {ids.tolist()}")
+
+
+def test_a_shallow_copy_with_other_items_does_not_read_the_original_rows():
+    """The grown items' index is a shallow copy of the build's (retrieval.growth): same query, other
+    items behind the same ids."""
+    import copy
+
+    idx = ItemTextIndex.build(TEXTS, analyzer="product", match_features=True)
+    other = ItemTextIndex.build(TEXTS[::-1], analyzer="product", match_features=True)
+    twin = copy.copy(idx)
+    twin.tok_flat, twin.tok_ptr, twin.tri_flat, twin.tri_ptr = other.tok_flat, other.tok_ptr, other.tri_flat, other.tri_ptr
+    ids = np.arange(len(TEXTS), dtype=np.int32)
+    zero = np.zeros((ids.size, 0), np.float32)
+    a = candidate_features("shower head", ids, zero, idx, np.zeros((idx.n_items, 0), np.float32))
+    b = candidate_features("shower head", ids, zero, twin, np.zeros((idx.n_items, 0), np.float32))
+    np.testing.assert_array_equal(b[:, 4:7], a[::-1, 4:7])  # trigram overlaps follow the texts
+    assert not np.array_equal(a, b)
