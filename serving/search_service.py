@@ -186,10 +186,25 @@ def catalog_growth(catalog: str, recorded: dict | None) -> CatalogGrowth:
     return AOL_GROWTH if catalog == "aol" else CLOSED
 
 
+def _encode_le(values: np.ndarray, dtype: str) -> str:
+    return base64.b64encode(np.asarray(values, dtype=dtype).tobytes()).decode("ascii")
+
+
+def _decode_le(value, dtype: str, out_dtype, what: str) -> np.ndarray:
+    """Inverse of :func:`_encode_le` (a 1-d array); a JSON list is read as it is."""
+    if isinstance(value, str):
+        raw = base64.b64decode(value, validate=True)
+        size = np.dtype(dtype).itemsize
+        if len(raw) % size:
+            raise ValueError(f"{what}: {len(raw)} bytes is not a whole number of {np.dtype(out_dtype).name}")
+        return np.frombuffer(raw, dtype=dtype).astype(out_dtype)
+    return np.asarray(value, dtype=out_dtype)
+
+
 def encode_ids(ids: np.ndarray) -> str:
     """Item ids (int32, shape (n,)) as base64 of their little-endian bytes: the decision payload's
     form of the arm lists and the union (cheaper to JSON-encode and smaller than ~700 ints per Search)."""
-    return base64.b64encode(np.asarray(ids, dtype="<i4").tobytes()).decode("ascii")
+    return _encode_le(ids, "<i4")
 
 
 def decode_ids(value) -> np.ndarray:
@@ -201,23 +216,39 @@ def decode_ids(value) -> np.ndarray:
     ValueError
         ``value`` is neither base64 of whole int32s nor a list of ints.
     """
+    return _decode_le(value, "<i4", np.int32, "ids")
+
+
+def encode_floats(values: np.ndarray) -> str:
+    """float32 values (any shape, read in C order) as base64 of their little-endian bytes: the decision
+    payload's form of the policy features ``x`` and ``arm_x``, exact and about three times cheaper to
+    encode than JSON floats."""
+    return _encode_le(values, "<f4")
+
+
+def decode_floats(value, shape: tuple) -> np.ndarray:
+    """Inverse of :func:`encode_floats`: float32 of ``shape`` (``-1`` allowed once); a JSON (nested)
+    list of numbers (payloads logged before the base64 form) is read as it is.
+
+    Raises
+    ------
+    ValueError
+        ``value`` is neither base64 of whole float32s nor a list of numbers, or does not fit ``shape``.
+    """
     if isinstance(value, str):
-        raw = base64.b64decode(value, validate=True)
-        if len(raw) % 4:
-            raise ValueError(f"ids: {len(raw)} bytes is not a whole number of int32")
-        return np.frombuffer(raw, dtype="<i4").astype(np.int32)
-    return np.asarray(value, dtype=np.int32)
+        return _decode_le(value, "<f4", np.float32, "floats").reshape(shape)
+    return np.asarray(value, dtype=np.float32).reshape(shape)
 
 
 def retrieval_payload(name: str, r: Retrieval, ctx: Context, shown: list[str], n_items: int) -> dict:
     """JSON payload of a search decision: everything its feedback (and a replay) needs; item id
-    arrays as :func:`encode_ids` strings; ``n_items`` = the catalogue's size when the arms were asked
+    arrays as :func:`encode_ids` strings, the policy features as :func:`encode_floats` strings; ``n_items`` = the catalogue's size when the arms were asked
     (a click on an item grown since does not reward the policy)."""
     d = r.decision
     return {
         "catalog": name, "query": r.query, "budget": r.budget, "n_items": int(n_items),
         "context": {"user_id": ctx.user_id, "timestamp": ctx.timestamp, "session_position": ctx.session_position},
-        "x": r.x.tolist(), "arm_x": r.arm_x.tolist(),
+        "x": encode_floats(r.x), "arm_x": encode_floats(r.arm_x),
         "action": d.action, "allocation": d.allocation.tolist(), "propensity": d.propensity, "explored": d.explored,
         "arm_ids": [encode_ids(ids) for ids in r.arm_ids], "union": encode_ids(r.union_ids), "shown": shown,
     }
@@ -229,7 +260,7 @@ def retrieval_from_payload(p: dict) -> tuple[Retrieval, Context]:
     decision = Decision(int(p["action"]), np.asarray(p["allocation"], dtype=np.int32), float(p["propensity"]),
                         bool(p["explored"]), int(p["budget"]))
     r = Retrieval(p["query"], int(p["budget"]), arm_ids, [np.zeros(len(a), np.float32) for a in arm_ids],
-                  np.asarray(p["x"], dtype=np.float32), np.asarray(p["arm_x"], dtype=np.float32), decision,
+                  decode_floats(p["x"], (-1,)), decode_floats(p["arm_x"], (len(arm_ids), -1)), decision,
                   decode_ids(p["union"]))
     c = p["context"]
     return r, Context(user_id=c["user_id"], timestamp=int(c["timestamp"]), session_position=int(c["session_position"]))
