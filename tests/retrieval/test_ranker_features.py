@@ -238,7 +238,8 @@ def test_a_shallow_copy_with_other_items_does_not_read_the_original_rows():
     idx = ItemTextIndex.build(TEXTS, analyzer="product", match_features=True)
     other = ItemTextIndex.build(TEXTS[::-1], analyzer="product", match_features=True)
     twin = copy.copy(idx)
-    twin.tok_flat, twin.tok_ptr, twin.tri_flat, twin.tri_ptr = other.tok_flat, other.tok_ptr, other.tri_flat, other.tri_ptr
+    twin.tok_flat, twin.tok_ptr = other.tok_flat, other.tok_ptr
+    twin.tri_flat, twin.tri_ptr = other.tri_flat, other.tri_ptr
     ids = np.arange(len(TEXTS), dtype=np.int32)
     zero = np.zeros((ids.size, 0), np.float32)
     a = candidate_features("shower head", ids, zero, idx, np.zeros((idx.n_items, 0), np.float32))
