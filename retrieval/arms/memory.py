@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -211,6 +212,9 @@ class DecayedPostings:
         if len(self._row) != n_keys:
             raise ValueError("key_flat: duplicate keys")
         self.online: dict[str, dict[int, tuple[float, int]]] = {}
+        # Writers (``add``, under the caller's feedback lock) and readers (Search threads) of a key's
+        # online items meet only inside this lock, held for one dict update or one snapshot.
+        self._online_lock = threading.Lock()
 
     @property
     def n_keys(self) -> int:
@@ -254,12 +258,13 @@ class DecayedPostings:
 
     def add(self, key: str, item: int, weight: float, t: int) -> None:
         """Fold one online click into the delta (deterministic; the offline arrays are never written)."""
-        per_key = self.online.get(key)
-        if per_key is None:
-            per_key = self.online[key] = {}
-        entry = per_key.get(item)
-        per_key[item] = ((float(weight), int(t)) if entry is None
-                         else _add_click(entry, float(weight), int(t), self.half_life))
+        weight, t = float(weight), int(t)
+        with self._online_lock:
+            per_key = self.online.get(key)
+            if per_key is None:
+                per_key = self.online[key] = {}
+            entry = per_key.get(item)
+            per_key[item] = (weight, t) if entry is None else _add_click(entry, weight, t, self.half_life)
 
     def counts(self, key: str, t: int) -> tuple[np.ndarray, np.ndarray]:
         """Observed items of ``key`` and their counts at time ``t``: (int32 (m,) ascending, float64 (m,))."""
@@ -290,9 +295,13 @@ class DecayedPostings:
             merged = {}
         else:
             return _EMPTY_IDS, np.zeros(0, dtype=dtype)
-        # ``list(dict.items())`` is one C call under the GIL: a snapshot that a Feedback thread adding
-        # to this key meanwhile cannot change under the loop ("dictionary changed size").
-        for item, (value, last) in list(online.items()):
+        # A snapshot under the lock: a Feedback thread adding to this key meanwhile cannot change the
+        # dict under the loop ("dictionary changed size during iteration"). ``list(dict.items())``
+        # alone is not atomic: a garbage collection inside it can run Python finalizers, and the
+        # interpreter may switch threads there.
+        with self._online_lock:
+            snapshot = list(online.items())
+        for item, (value, last) in snapshot:
             merged[item] = fold(merged.get(item), value, last)
         ids = np.fromiter(merged.keys(), dtype=np.int32, count=len(merged))
         vals = np.fromiter(merged.values(), dtype=dtype, count=len(merged))

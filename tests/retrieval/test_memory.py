@@ -325,11 +325,19 @@ def test_last_times_merge_offline_and_online_clicks():
 
 def test_counts_read_while_another_thread_adds_clicks_never_fails():
     """Search threads read the online clicks while a Feedback thread adds to the same key (threads
-    mode). Iterating the live dict failed with "dictionary changed size during iteration"."""
+    mode). Iterating the live dict failed with "dictionary changed size during iteration"; so did a
+    ``list(dict.items())`` snapshot, when a garbage collection inside it ran a Python finalizer and
+    the interpreter switched threads there (the writer's cyclic garbage with ``__del__`` and a low
+    collection threshold make that frequent: this test failed in 3 of 5 runs on that code)."""
+    import gc
     import sys
     import threading
 
     from retrieval.arms.memory import DecayedPostings
+
+    class Finalized:
+        def __del__(self):
+            sum(range(50))  # Python code inside a collection: a thread switch can happen here
 
     d = DecayedPostings.build(["k"], np.array([0]), np.array([0]), np.array([1.0]), 3600.0)
     errors: list[BaseException] = []
@@ -338,6 +346,9 @@ def test_counts_read_while_another_thread_adds_clicks_never_fails():
     def writer():
         for i in range(1, 6001):
             d.add("k", i % 3000 + 1, 1.0, i)  # new items, then repeat clicks (entries replaced)
+            if i % 7 == 0:
+                garbage = Finalized()
+                garbage.cycle = garbage
         done.set()
 
     def reader():
@@ -348,8 +359,9 @@ def test_counts_read_while_another_thread_adds_clicks_never_fails():
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
-    old = sys.getswitchinterval()
+    old, thresholds = sys.getswitchinterval(), gc.get_threshold()
     sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    gc.set_threshold(50, 1, 1)
     try:
         threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
         for t in threads:
@@ -358,6 +370,7 @@ def test_counts_read_while_another_thread_adds_clicks_never_fails():
             t.join(60)
     finally:
         sys.setswitchinterval(old)
+        gc.set_threshold(*thresholds)
     assert not errors, errors[0]
     ids, counts = d.counts("k", 6000)
     assert ids.size == 3001
