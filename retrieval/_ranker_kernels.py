@@ -142,8 +142,8 @@ def ensemble_score(X, tree_ptr, node_feature, node_threshold32, node_left, node_
     ``X`` is float32 and ``node_threshold32`` holds each float64 threshold rounded *down* to float32
     (:func:`retrieval.ranker.float32_floor`): for a float32 ``x``, ``x <= t`` in float64 exactly
     when ``x <= float32_floor(t)``, so comparing in float32 takes every float64 decision without
-    converting ``x`` at every node. A missing value
-    (NaN) fails ``<=`` and then goes left when ``node_missing_left`` is 1.
+    converting ``x`` at every node. A missing value (NaN) fails ``<=`` and then goes left when
+    ``node_missing_left`` is 1.
 
     Trees are the outer loop so one tree's nodes stay in cache while every row walks it.
     """

@@ -247,7 +247,7 @@ class CharGramArm(Arm):
         weights : float64 (q,), L2 norm 1 (or q == 0)
         """
         # Hot path (every Search): the n-grams are looked up by one C-level map(); the counting
-        # loop runs only when an n-gram repeats (no per-n-gram Python call, as a Counter loop has).
+        # loop runs only when an n-gram repeats.
         grams = char_wb_ngrams(query, self.config.ngram_min, self.config.ngram_max, self.config.analyzer)
         ids_seq = list(map(self._gram_id.get, grams))
         tf = dict.fromkeys(ids_seq, 1)
