@@ -235,4 +235,3 @@ def item_codes(ids, n_ret, codes):
                     break
                 h = (h + 1) & mask
     return n_codes
-
