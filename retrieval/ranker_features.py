@@ -45,7 +45,7 @@ import numpy as np
 from qac.artifacts import arrays_to_strings, strings_to_arrays
 from retrieval import _ranker_kernels as K
 from retrieval.analyzer import ANALYZERS, get_analyzer
-from retrieval.arms.base import offsets
+from retrieval.arms.base import offsets, sorted_member
 from retrieval.arms.bm25 import bm25_idf
 
 __all__ = [
@@ -263,8 +263,7 @@ class ItemTextIndex:
             memo.index = self
             return
         ids, rows = memo.ids, memo.rows
-        pos = np.minimum(np.searchsorted(ids, item_ids), max(ids.size - 1, 0))
-        have = ids[pos] == item_ids if ids.size else np.zeros(item_ids.size, dtype=bool)
+        pos, have = sorted_member(ids, item_ids)
         out[have, :self.n_text_features] = rows[pos[have]]
         if not have.all():
             miss = np.flatnonzero(~have)

@@ -26,7 +26,7 @@ import numpy as np
 from retrieval.arms import _kernels
 
 __all__ = ["Context", "Arm", "OnlineArm", "check_n", "check_growth", "empty_result", "pooled_list",
-           "pool_rank_columns", "offsets", "EMPTY_CONTEXT"]
+           "pool_rank_columns", "offsets", "sorted_member", "EMPTY_CONTEXT"]
 
 _EMPTY_IDS = np.zeros(0, dtype=np.int32)
 _EMPTY_SCORES = np.zeros(0, dtype=np.float32)
@@ -169,6 +169,16 @@ def offsets(sizes: Sequence[int]) -> np.ndarray:
     """Where each of several concatenated lists starts: ``[0, s0, s0 + s1, ...]``, int64
     (len(sizes) + 1,). Plain Python: ``np.cumsum`` of a short list costs more than the sum."""
     return np.fromiter(accumulate(sizes, initial=0), dtype=np.int64, count=len(sizes) + 1)
+
+
+def sorted_member(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Where each of ``ids`` sits in the ascending ``keys``, and whether it is there: (pos int64 (m,),
+    found bool (m,)); ``pos`` means nothing where not found. One binary search per id (the short
+    arrays of one request, where ``np.isin`` costs more)."""
+    if keys.size == 0:
+        return np.zeros(ids.size, dtype=np.int64), np.zeros(ids.size, dtype=bool)
+    pos = np.minimum(np.searchsorted(keys, ids), keys.size - 1)
+    return pos, keys[pos] == ids
 
 
 class Arm(abc.ABC):

@@ -55,7 +55,7 @@ from qac.artifacts import arrays_to_strings, strings_to_arrays
 from qac.text import normalize_query
 from retrieval.arms import _kernels
 from retrieval.arms.base import (Arm, Context, EMPTY_CONTEXT, ScratchPool, check_growth, check_n, check_query,
-                                 empty_result)
+                                 empty_result, sorted_member)
 
 __all__ = ["MemoryConfig", "MemoryArm", "DecayedPostings", "build_memory_arm", "top_n"]
 
@@ -553,10 +553,7 @@ class MemoryArm(OnlineClickArm):
         pred = pred_s.astype(np.float64) * (pw / float(pred_s[0])) if pred_s[0] > 0 else np.zeros(pred_s.size)
         if obs_ids.size:
             # Override: an observed pair keeps its count and drops its predicted score.
-            # ``obs_ids`` is ascending: a binary search per predicted id (cheaper than np.isin on
-            # ~100 ids).
-            j = np.minimum(np.searchsorted(obs_ids, pred_ids), obs_ids.size - 1)
-            keep = obs_ids[j] != pred_ids
+            keep = ~sorted_member(obs_ids, pred_ids)[1]
             pred_ids, pred = pred_ids[keep], pred[keep]
             return top_n(np.concatenate((obs_ids, pred_ids)), np.concatenate((obs_counts, pred)), n)
         return top_n(pred_ids, pred, n)

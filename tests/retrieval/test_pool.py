@@ -61,3 +61,16 @@ def test_unique_inverse_equals_numpy(seed):
     assert uniq.dtype == keys.dtype
     np.testing.assert_array_equal(uniq, want_uniq)
     np.testing.assert_array_equal(inverse, want_inverse)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_sorted_member_equals_isin(seed):
+    from retrieval.arms.base import sorted_member
+
+    rng = np.random.default_rng(seed)
+    keys = np.unique(rng.integers(0, 40, size=int(rng.integers(0, 20)))).astype(np.int32)
+    ids = rng.integers(-2, 45, size=int(rng.integers(0, 30))).astype(np.int32)
+    pos, found = sorted_member(keys, ids)
+    assert pos.shape == found.shape == ids.shape and found.dtype == bool
+    np.testing.assert_array_equal(found, np.isin(ids, keys))
+    np.testing.assert_array_equal(keys[pos[found]], ids[found])
